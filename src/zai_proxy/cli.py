@@ -1,0 +1,134 @@
+"""Command line: `zai-proxy serve | demo` (also `python -m zai_proxy`).
+
+Settings come from the environment under the names of the Go proxy; every setting also
+has a flag (`MAX_WORKERS` -> `--max-workers`) that overrides it.  A bad value stops
+start-up with one line naming the variable, the value and what is allowed, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from functools import partial
+
+import trio
+
+from . import __version__
+from .errors import SettingsError
+from .logs import configure
+from .settings import ProxySettings
+from .supervisor import run_until_signalled
+
+__all__ = ["main"]
+
+PROXY_VARIABLES = {
+    "ZAI_TARGET_URL": "upstream base URL (default https://api.z.ai/api/anthropic)",
+    "LISTEN_ADDR": "address to listen on, HOST:PORT or :PORT (default :8080)",
+    "DEPLOYMENT_VARIANT": "production or canary: the `variant` label of every metric",
+    "MAX_WORKERS": "requests in flight before new ones get 503 (default 10)",
+    "MAX_RETRIES": "extra attempts after a retryable failure (default 3)",
+    "RETRY_BACKOFF_BASE": "first retry delay; doubles each retry (default 1s)",
+    "RETRY_AFTER_CAP": "longest upstream Retry-After honoured (default 60s)",
+    "TOKEN_COUNTING_ENABLED": "count tokens locally when the upstream reports none (true)",
+    "TOKENIZER_MODEL": "model label when a request names none (default glm-4)",
+    "RATE_LIMIT_INITIAL": "starting limiter rate, requests/s (default 10)",
+    "RATE_LIMIT_MIN": "lowest limiter rate (default 1)",
+    "RATE_LIMIT_MAX": "highest limiter rate (default 50)",
+    "RATE_LIMIT_CEILING_ALPHA": "EWMA weight of a new ceiling observation (default 0.3)",
+    "RATE_LIMIT_HOLD_MARGIN": "hold this fraction below the ceiling (default 0.02)",
+    "RATE_LIMIT_PROBE_INTERVAL": "clean windows before probing above the ceiling (default 10)",
+    "RATE_LIMIT_WINDOW": "limiter adjustment window (default 30s)",
+    "RATE_LIMIT_MAX_WAIT": "longest wait for a limiter token before a 429 (default 30s)",
+    "MAX_BODY_BYTES": "largest request body accepted (default 33554432)",
+    "UPSTREAM_CONNECT_TIMEOUT": "connect timeout to the upstream (default 10s)",
+    "UPSTREAM_READ_TIMEOUT": "longest silence from the upstream (default 300s)",
+    "UPSTREAM_WRITE_TIMEOUT": "longest stall sending to the upstream (default 60s)",
+    "UPSTREAM_POOL_TIMEOUT": "longest wait for a pooled connection (default 10s)",
+    "SHUTDOWN_TIMEOUT": "how long SIGTERM waits for in-flight requests (default 30s)",
+    "ADMIN_TOKEN": "when set, /admin/* needs Authorization: Bearer <token>",
+    "LOG_LEVEL": "debug, info, warning or error (default info)",
+}
+
+
+def _flag(variable: str) -> str:
+    return "--" + variable.lower().replace("_", "-")
+
+
+def _add_variables(parser: argparse.ArgumentParser, variables: Mapping[str, str]) -> None:
+    group = parser.add_argument_group("settings (each overrides the environment variable)")
+    for variable, help_text in variables.items():
+        group.add_argument(
+            _flag(variable), dest=variable, metavar="VALUE", help=f"{variable}: {help_text}"
+        )
+
+
+def _environment(args: argparse.Namespace, variables: Mapping[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    for variable in variables:
+        value = getattr(args, variable, None)
+        if value is not None:
+            env[variable] = value
+    return env
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zai-proxy",
+        description="Credential-keeping reverse proxy for LLM APIs, with an adaptive rate "
+        "limiter, token accounting and a live dashboard.",
+    )
+    parser.add_argument("--version", action="version", version=f"zai-proxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the proxy (needs ZAI_API_KEY)",
+        description="Run the proxy in front of ZAI_TARGET_URL.  The key comes from "
+        "ZAI_API_KEY only (never a flag, so it stays out of process listings).",
+    )
+    _add_variables(serve, PROXY_VARIABLES)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the proxy in front of the built-in simulated upstream",
+        description="Start the simulated upstream and a proxy in front of it, print where "
+        "they are, and run until Ctrl-C (or --duration).",
+    )
+    demo.add_argument("--proxy-port", type=int, default=8080, help="proxy port (default 8080)")
+    demo.add_argument("--upstream-port", type=int, default=0, help="simulator port (0: any)")
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    demo.add_argument("--hidden-limit", type=float, default=20.0, help="simulated limit, req/s")
+    demo.add_argument("--fault-rate", type=float, default=0.02, help="share of faulty answers")
+    demo.add_argument("--duration", type=float, default=None, help="exit after N seconds")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            settings = ProxySettings.from_env(_environment(args, PROXY_VARIABLES))
+            configure(settings.log_level, secrets=[settings.api_key, settings.admin_token or ""])
+            trio.run(_serve, settings)
+        elif args.command == "demo":
+            from .demo import run_demo
+
+            configure("info")
+            trio.run(partial(run_demo, args))
+    except SettingsError as error:
+        print(f"zai-proxy: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _serve(settings: ProxySettings) -> None:
+    from .proxy.server import serve_proxy
+
+    async def body(stop: trio.Event) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_proxy, settings, stop)
+
+    await run_until_signalled(body)

@@ -1,0 +1,152 @@
+"""The small tree of errors zai-proxy raises and answers with.
+
+Foreign exceptions (httpx, trio timeouts) are mapped onto these at one boundary in
+`proxy.forward`; retry decisions look only at these classes.  Messages never contain the
+upstream key: they are built from fixed text and from values the caller sent.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "BadRequest",
+    "BodyTooLarge",
+    "ConnectTimeout",
+    "EmptyStream",
+    "Overloaded",
+    "ProxyError",
+    "RateLimited",
+    "RetryableError",
+    "SettingsError",
+    "TruncatedResponse",
+    "Unauthorized",
+    "UpstreamConnectionError",
+    "UpstreamError",
+    "UpstreamThrottled",
+    "UpstreamTimeout",
+]
+
+
+class SettingsError(Exception):
+    """A setting that stops start-up: one line naming the variable, its value, what's allowed."""
+
+    def __init__(self, variable: str, value: str, allowed: str) -> None:
+        self.variable = variable
+        self.value = value
+        self.allowed = allowed
+        shown = repr(value) if value else "(empty)"
+        super().__init__(f"{variable}={shown} is not valid: expected {allowed}")
+
+
+class ProxyError(Exception):
+    """An error the proxy answers itself, in the caller's wire format."""
+
+    status: ClassVar[int] = 500
+    anthropic_type: ClassVar[str] = "api_error"
+    openai_type: ClassVar[str] = "server_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class BadRequest(ProxyError):
+    status = 400
+    anthropic_type = "invalid_request_error"
+    openai_type = "invalid_request_error"
+
+
+class Unauthorized(ProxyError):
+    status = 401
+    anthropic_type = "authentication_error"
+    openai_type = "invalid_request_error"
+
+
+class BodyTooLarge(ProxyError):
+    status = 413
+    anthropic_type = "request_too_large"
+    openai_type = "invalid_request_error"
+
+
+class RateLimited(ProxyError):
+    """Our own limiter would make the caller wait longer than RATE_LIMIT_MAX_WAIT."""
+
+    status = 429
+    anthropic_type = "rate_limit_error"
+    openai_type = "rate_limit_exceeded"
+
+
+class Overloaded(ProxyError):
+    """All MAX_WORKERS slots are busy: answered at once so the caller can go elsewhere."""
+
+    status = 503
+    anthropic_type = "overloaded_error"
+    openai_type = "server_error"
+
+
+class UpstreamError(ProxyError):
+    """The upstream could not give a usable answer.  `error_type` is the metric label."""
+
+    status = 502
+    anthropic_type = "api_error"
+    openai_type = "server_error"
+    error_type: ClassVar[str] = "upstream_connection"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    anthropic_type = "timeout_error"
+    error_type = "timeout"
+
+
+class RetryableError(UpstreamError):
+    """An attempt failed in a way another attempt may fix.  `reason` is the retry label."""
+
+    reason: ClassVar[str] = "network_error"
+
+
+class UpstreamConnectionError(RetryableError):
+    reason = "network_error"
+    error_type = "upstream_connection"
+
+
+class ConnectTimeout(RetryableError):
+    """No connection within the connect/pool timeout: nothing was sent, so retrying is safe."""
+
+    status = 504
+    anthropic_type = "timeout_error"
+    reason = "network_error"
+    error_type = "timeout"
+
+
+class TruncatedResponse(RetryableError):
+    reason = "truncated_response"
+    error_type = "truncated_response"
+
+
+class EmptyStream(RetryableError):
+    reason = "empty_streaming"
+    error_type = "empty_streaming"
+
+
+class UpstreamThrottled(RetryableError):
+    """The upstream answered 429.  Holds that answer so the last one can be passed on."""
+
+    status = 429
+    anthropic_type = "rate_limit_error"
+    reason = "429"
+    error_type = "429"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.headers = headers
+        self.body = body

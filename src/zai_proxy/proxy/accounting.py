@@ -1,0 +1,128 @@
+"""Token accounting after a request: API-reported usage first, local counting second.
+
+Runs after the last byte went to the client and after the worker slot was freed, so it
+never adds latency; large bodies are counted in a worker thread so no other request's
+event-loop time is spent on them.  Counting never fails a request: every error here is
+logged at debug and swallowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime
+
+import trio
+
+from .forward import Outcome
+from .metrics import DIRECTIONS, ModelLabels, ProxyMetrics
+from .paths import ApiStyle
+from .tokenizer import TokenCounter, count_request_async, relative_error
+from .usage import Usage, pricing_tier
+
+__all__ = ["Accountant"]
+
+log = logging.getLogger("zai_proxy.tokens")
+
+# Share of requests with API-reported usage that are also counted locally, to keep the
+# "token count accuracy" evaluation running live at a small cost.
+ACCURACY_SAMPLE = 0.05
+
+
+class Accountant:
+    def __init__(
+        self,
+        *,
+        metrics: ProxyMetrics,
+        counter: TokenCounter | None,
+        models: ModelLabels,
+        sample: float = ACCURACY_SAMPLE,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._metrics = metrics
+        self._counter = counter
+        self._models = models
+        self._sample = sample
+        self._rng = rng if rng is not None else random.Random()
+
+    async def account(
+        self,
+        *,
+        body: bytes,
+        style: ApiStyle,
+        model: str | None,
+        outcome: Outcome,
+        duration: float,
+        now: datetime,
+    ) -> Usage | None:
+        try:
+            usage = outcome.usage
+            if usage is None:
+                if not (200 <= outcome.status < 300) or self._counter is None:
+                    return None
+                usage = await self._count_locally(body, style, outcome)
+                if usage is None:
+                    return None
+                outcome.usage = usage
+            elif self._counter is not None and body and self._rng.random() < self._sample:
+                await self._check_accuracy(body, usage)
+            self._record(usage, self._models.label(model), duration, now)
+            return usage
+        except trio.Cancelled:
+            raise
+        except Exception:
+            log.debug("token accounting failed", exc_info=True)
+            return None
+
+    async def _count_locally(self, body: bytes, style: ApiStyle, outcome: Outcome) -> Usage | None:
+        assert self._counter is not None
+        started = trio.current_time()
+        input_tokens = await count_request_async(self._counter, body) if body else 0
+        output_tokens = 0
+        if outcome.output_text:
+            output_tokens = self._counter.count_text(outcome.output_text)
+        elif outcome.output_text_bytes:
+            output_tokens = self._counter.count_response(outcome.output_text_bytes, style) or 0
+        self._metrics.token_count_duration.labels(self._metrics.variant).observe(
+            trio.current_time() - started
+        )
+        if input_tokens is None:
+            return None
+        return Usage(
+            input=input_tokens,
+            output=output_tokens,
+            cache_read=0,
+            cache_write=0,
+            source=self._counter.backend,
+        )
+
+    async def _check_accuracy(self, body: bytes, usage: Usage) -> None:
+        assert self._counter is not None
+        estimate = await count_request_async(self._counter, body)
+        # The API's input excludes cached tokens; the model saw all of them.
+        actual = usage.input + usage.cache_read + usage.cache_write
+        if estimate is not None and actual > 0:
+            self._metrics.token_estimate_error.labels("input", self._metrics.variant).observe(
+                abs(relative_error(estimate, actual))
+            )
+
+    def _record(self, usage: Usage, model: str, duration: float, now: datetime) -> None:
+        m = self._metrics
+        v = m.variant
+        tier = pricing_tier(now)
+        values = {
+            "input": usage.input,
+            "output": usage.output,
+            "cache_read": usage.cache_read,
+            "cache_write": usage.cache_write,
+        }
+        for direction in DIRECTIONS:
+            count = values[direction]
+            if count > 0:
+                m.tokens.labels(direction, model, v, tier).inc(count)
+        if usage.output > 0 and duration > 0:
+            m.token_rate.labels("output", model, v).observe(usage.output / duration)
+            m.token_rate_seconds.labels("output", model, v).observe(duration / usage.output)
+        if usage.input > 0 and duration > 0:
+            m.token_rate.labels("input", model, v).observe(usage.input / duration)
+            m.token_rate_seconds.labels("input", model, v).observe(duration / usage.input)

@@ -1,0 +1,419 @@
+"""The proxy's ASGI application.
+
+Two parts: a small QuartTrio app answers the proxy's own endpoints (`/health`,
+`/healthz`, `/metrics`, `/admin/reset-rate-limit`) and owns the lifespan; every other
+request goes to `ProxyApp._proxy`, a plain ASGI handler, so nothing between the socket and
+the upstream rewrites the path, buffers the response or adds latency.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import trio
+from prometheus_client import exposition
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from .. import __version__
+from ..errors import (
+    BadRequest,
+    BodyTooLarge,
+    Overloaded,
+    ProxyError,
+    Unauthorized,
+    UpstreamThrottled,
+)
+from ..settings import ProxySettings
+from .accounting import Accountant
+from .forward import Downstream, Exchange, Forwarder, Outcome, throttled_response
+from .limiter import AdaptiveLimiter, LimiterConfig
+from .metrics import LiveState, ModelLabels, ProxyMetrics
+from .paths import Target, api_style, route_label, upstream_path
+from .tokenizer import TokenCounter
+from .usage import extract_model
+from .wire import error_body, error_headers
+
+__all__ = ["ProxyApp", "create_app"]
+
+log = logging.getLogger("zai_proxy.proxy")
+access_log = logging.getLogger("zai_proxy.access")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_OWN_PATHS = frozenset({"/health", "/healthz", "/metrics", "/admin/reset-rate-limit"})
+
+
+class _ClientGone(Exception):
+    """The client closed the connection before its request body arrived."""
+
+
+def limiter_config(settings: ProxySettings) -> LimiterConfig:
+    return LimiterConfig(
+        initial=settings.rate_limit_initial,
+        minimum=settings.rate_limit_min,
+        maximum=settings.rate_limit_max,
+        ceiling_alpha=settings.rate_limit_ceiling_alpha,
+        hold_margin=settings.rate_limit_hold_margin,
+        probe_interval=settings.rate_limit_probe_interval,
+        window=settings.rate_limit_window,
+        max_wait=settings.rate_limit_max_wait,
+    )
+
+
+class ProxyApp:
+    """ASGI callable: own endpoints to Quart, everything else forwarded upstream."""
+
+    def __init__(self, settings: ProxySettings) -> None:
+        self.settings = settings
+        self.target = Target.parse(settings.target_url)
+        self.limiter = AdaptiveLimiter(limiter_config(settings), now=_now_or_zero())
+        self.in_flight = 0
+        # Requests not yet fully done, token accounting included (in_flight ends sooner).
+        self.active = 0
+        self.metrics = ProxyMetrics(
+            variant=settings.variant,
+            live=self._live_state,
+            commit=settings.build_commit,
+            build_time=settings.build_time,
+        )
+        self.models = ModelLabels(settings.tokenizer_model)
+        self.counter = TokenCounter() if settings.token_counting_enabled else None
+        self.accountant = Accountant(metrics=self.metrics, counter=self.counter, models=self.models)
+        self.client: httpx.AsyncClient | None = None
+        self.forwarder: Forwarder | None = None
+        self.control = self._control_app()
+
+    # -- lifespan -------------------------------------------------------------------------
+
+    def open_client(self) -> None:
+        s = self.settings
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=s.upstream_connect_timeout,
+                read=s.upstream_read_timeout,
+                write=s.upstream_write_timeout,
+                pool=s.upstream_pool_timeout,
+            ),
+            limits=httpx.Limits(
+                max_connections=s.max_workers,
+                max_keepalive_connections=s.max_workers,
+                keepalive_expiry=30.0,
+            ),
+            follow_redirects=False,
+            # No proxy or .netrc from the environment: an injected Authorization from
+            # .netrc would replace the key, and a proxy variable would route it elsewhere.
+            trust_env=False,
+        )
+        self.forwarder = Forwarder(
+            client=self.client,
+            api_key=s.api_key,
+            limiter=self.limiter,
+            metrics=self.metrics,
+            max_retries=s.max_retries,
+            backoff_base=s.retry_backoff_base,
+            retry_after_cap=s.retry_after_cap,
+            max_wait=s.rate_limit_max_wait,
+        )
+
+    async def close_client(self) -> None:
+        if self.client is not None:
+            with trio.move_on_after(5, shield=True):
+                await self.client.aclose()
+
+    def _live_state(self) -> LiveState:
+        return LiveState(
+            concurrent=self.in_flight,
+            max_workers=self.settings.max_workers,
+            rate_limit_rps=self.limiter.rate,
+            rate_limit_ceiling=self.limiter.ceiling,
+        )
+
+    # -- own endpoints --------------------------------------------------------------------
+
+    def _control_app(self) -> QuartTrio:
+        app = QuartTrio("zai_proxy.proxy")
+        app.config["RESPONSE_TIMEOUT"] = None
+        app.config["BODY_TIMEOUT"] = 30
+
+        @app.before_serving
+        async def _open() -> None:
+            if self.client is None:
+                self.open_client()
+
+        @app.after_serving
+        async def _close() -> None:
+            await self.close_client()
+
+        @app.route("/health")
+        @app.route("/healthz")
+        async def health() -> Any:
+            return {
+                "status": "ok",
+                "version": __version__,
+                "variant": self.settings.variant,
+                "in_flight": self.in_flight,
+                "max_workers": self.settings.max_workers,
+                "rate_limit_rps": round(self.limiter.rate, 3),
+            }
+
+        @app.route("/metrics")
+        async def metrics() -> Response:
+            encoder, content_type = exposition.choose_encoder(request.headers.get("Accept", ""))
+            return Response(encoder(self.metrics.registry), content_type=content_type)
+
+        @app.route("/admin/reset-rate-limit", methods=["POST"])
+        async def reset_rate_limit() -> Any:
+            token = self.settings.admin_token
+            if token is not None:
+                given = request.headers.get("Authorization", "")
+                expected = f"Bearer {token}"
+                if not hmac.compare_digest(given.encode(), expected.encode()):
+                    error = Unauthorized("admin endpoints need Authorization: Bearer <ADMIN_TOKEN>")
+                    body = error_body(error, "anthropic")
+                    return Response(body, status=401, content_type="application/json")
+            old = self.limiter.rate
+            self.limiter.reset(trio.current_time())
+            log.info(
+                "rate limiter reset",
+                extra={"old_rate": round(old, 3), "new_rate": self.limiter.rate},
+            )
+            return {"status": "reset", "rate_limit_rps": self.limiter.rate, "ceiling": None}
+
+        return app
+
+    # -- ASGI -----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in _OWN_PATHS:
+            await self._proxy(scope, receive, send)
+        else:
+            await self.control(scope, receive, send)  # type: ignore[arg-type]
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.active += 1
+        try:
+            await self._proxy_request(scope, receive, send)
+        finally:
+            self.active -= 1
+
+    async def _proxy_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = trio.current_time()
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        raw_path = raw_path.split(b"?", 1)[0]
+        style = api_style(raw_path)
+        method: str = scope["method"]
+        route = route_label(raw_path, self.target)
+        headers: list[tuple[bytes, bytes]] = [
+            (name.lower(), value) for name, value in scope["headers"]
+        ]
+        request_id = _request_id(headers)
+        downstream = Downstream(send)
+        outcome = Outcome()
+        body = b""
+        model: str | None = None
+        client_gone = False
+        error: ProxyError | None = None
+
+        if self.in_flight >= self.settings.max_workers:
+            self.metrics.rejection("capacity")
+            error = Overloaded(
+                f"zai-proxy is at capacity ({self.settings.max_workers} requests in flight); "
+                "retry shortly",
+                retry_after=1.0,
+            )
+            await self._send_error(downstream, error, style, request_id, outcome)
+            self._finish(method, route, 0, outcome, started, request_id, None, error)
+            return
+
+        self.in_flight += 1
+        try:
+            try:
+                body = await self._read_body(headers, receive)
+                path = upstream_path(raw_path, self.target)
+            except ProxyError as exc:
+                error = exc
+                await self._send_error(downstream, exc, style, request_id, outcome)
+                return
+            except _ClientGone:
+                client_gone = True
+                return
+            model = extract_model(body) if body else None
+            query: bytes = scope.get("query_string", b"")
+            url = httpx.URL(self.target.origin).copy_with(
+                raw_path=path + (b"?" + query if query else b"")
+            )
+            exchange = Exchange(
+                method=method,
+                url=url,
+                headers=headers,
+                body=body,
+                style=style,
+                request_id=request_id,
+            )
+            async with trio.open_nursery() as nursery:
+                gone = trio.Event()
+                nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, gone)
+                try:
+                    assert self.forwarder is not None, "the lifespan opens the client first"
+                    await self.forwarder.forward(exchange, downstream, outcome)
+                except UpstreamThrottled as exc:
+                    error = exc
+                    await self._send_throttled(downstream, exc, request_id, outcome)
+                except ProxyError as exc:
+                    error = exc
+                    await self._send_error(downstream, exc, style, request_id, outcome)
+                nursery.cancel_scope.cancel()
+            # A client that hangs up after the last byte went out was served in full.
+            client_gone = gone.is_set() and not downstream.ended
+        finally:
+            self.in_flight -= 1
+            if client_gone:
+                outcome.status = 499
+            self._finish(method, route, len(body), outcome, started, request_id, model, error)
+        if outcome.usage is not None or self.counter is not None:
+            await self.accountant.account(
+                body=body,
+                style=style,
+                model=model,
+                outcome=outcome,
+                duration=trio.current_time() - started,
+                now=datetime.now(UTC),
+            )
+
+    async def _read_body(self, headers: list[tuple[bytes, bytes]], receive: Receive) -> bytes:
+        limit = self.settings.max_body_bytes
+        for name, value in headers:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    raise BadRequest("Content-Length is not a number") from None
+                if declared > limit:
+                    raise BodyTooLarge(
+                        f"request body of {declared} bytes is over the {limit}-byte limit"
+                    )
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"request body is over the {limit}-byte limit")
+                parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+    async def _send_error(
+        self,
+        downstream: Downstream,
+        error: ProxyError,
+        style: str,
+        request_id: str,
+        outcome: Outcome,
+    ) -> None:
+        outcome.status = error.status
+        if downstream.started:
+            return
+        body = error_body(error, "openai" if style == "openai" else "anthropic")
+        outcome.response_bytes = len(body)
+        await downstream.start(error.status, error_headers(error, body, request_id))
+        await downstream.body(body, more=False)
+
+    async def _send_throttled(
+        self, downstream: Downstream, error: UpstreamThrottled, request_id: str, outcome: Outcome
+    ) -> None:
+        fallback = max(
+            self.limiter.retry_after(trio.current_time()), self.settings.retry_backoff_base
+        )
+        headers, body = throttled_response(error, request_id, fallback)
+        outcome.status = 429
+        outcome.response_bytes = len(body)
+        await downstream.start(429, headers)
+        await downstream.body(body, more=False)
+
+    def _finish(
+        self,
+        method: str,
+        route: str,
+        request_bytes: int,
+        outcome: Outcome,
+        started: float,
+        request_id: str,
+        model: str | None,
+        error: ProxyError | None,
+    ) -> None:
+        duration = trio.current_time() - started
+        status = str(outcome.status or 500)
+        m = self.metrics
+        v = m.variant
+        m.requests.labels(method, route, status, v).inc()
+        m.duration.labels(method, route, status, v).observe(duration)
+        m.request_size.labels(method, route, v).observe(request_bytes)
+        m.response_size.labels(method, route, status, v).observe(outcome.response_bytes)
+        fields: dict[str, object] = {
+            "request_id": request_id,
+            "method": method,
+            "path": route,
+            "status": outcome.status,
+            "attempts": outcome.attempts,
+            "duration_ms": round(duration * 1000, 2),
+            "model": model,
+            "stream": outcome.streamed,
+        }
+        if outcome.retry_reasons:
+            fields["retries"] = ",".join(outcome.retry_reasons)
+        if outcome.error_type:
+            fields["error_type"] = outcome.error_type
+        if error is not None:
+            fields["error"] = f"{type(error).__name__}: {error.message}"
+        if outcome.usage is not None:
+            u = outcome.usage
+            fields["tokens_in"] = u.input
+            fields["tokens_out"] = u.output
+            fields["tokens_cache_read"] = u.cache_read
+            fields["tokens_cache_write"] = u.cache_write
+        access_log.info("request", extra=fields)
+
+
+async def _watch_disconnect(receive: Receive, scope: trio.CancelScope, gone: trio.Event) -> None:
+    """Cancel the request the moment the client goes away, so the upstream stops too."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            scope.cancel()
+            return
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"x-request-id" and 0 < len(value) <= 128 and value.isascii():
+            text = value.decode("ascii")
+            if text.replace("-", "").replace("_", "").isalnum():
+                return text
+    return "req_" + secrets.token_hex(12)
+
+
+def _now_or_zero() -> float:
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return 0.0
+
+
+def create_app(settings: ProxySettings) -> ProxyApp:
+    return ProxyApp(settings)

@@ -1,0 +1,425 @@
+"""One client request, carried to the upstream and back: attempts, retries, streaming.
+
+This is the boundary where httpx's exceptions become ours (`errors.py`); the retry loop
+above it decides only on our classes.  Nothing is written to the client until an answer
+has been validated: a non-streaming body is read whole and parsed, a stream's first chunk
+is peeked.  After that the answer is committed and the stream is relayed chunk by chunk,
+each written the moment it arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+import trio
+
+from ..errors import (
+    ConnectTimeout,
+    EmptyStream,
+    RateLimited,
+    RetryableError,
+    TruncatedResponse,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamThrottled,
+    UpstreamTimeout,
+)
+from .headers import header_value, parse_retry_after, request_headers, response_headers
+from .limiter import AdaptiveLimiter, Adjustment
+from .metrics import ProxyMetrics
+from .paths import ApiStyle
+from .usage import SSEUsageTracker, Usage, usage_from_json
+from .wire import retry_after_value
+
+__all__ = ["Downstream", "Exchange", "Forwarder", "Outcome", "report_adjustment"]
+
+log = logging.getLogger("zai_proxy.proxy")
+limiter_log = logging.getLogger("zai_proxy.limiter")
+
+# How much of a stream's first chunk is inspected before committing (seed: 4 KiB).
+PEEK_BYTES = 4096
+# Bodies of error answers (429, 422, ...) are read whole to pass on; cap what we hold.
+MAX_ERROR_BODY = 1024 * 1024
+# Generated text kept from an OpenAI-style stream for local counting, in characters.
+TEXT_CAPTURE_CHARS = 256 * 1024
+# Status codes for an `error` event that arrives inside a 200 stream, for the metrics.
+_STREAM_ERROR_STATUS = {
+    "overloaded_error": 529,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "invalid_request_error": 400,
+}
+
+
+@dataclass(slots=True)
+class Exchange:
+    """The client's request, read whole (bodies are capped at MAX_BODY_BYTES)."""
+
+    method: str
+    url: httpx.URL
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    style: ApiStyle
+    request_id: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one request: read by the app for its log line and metrics."""
+
+    status: int = 0
+    attempts: int = 0
+    committed: bool = False
+    streamed: bool = False
+    response_bytes: int = 0
+    error_type: str | None = None
+    usage: Usage | None = None
+    output_text_bytes: bytes = b""
+    output_text: str = ""
+    retry_reasons: list[str] = field(default_factory=list)
+
+
+class Downstream:
+    """Writes the response to the client through ASGI `send`."""
+
+    def __init__(self, send: Callable[[dict[str, object]], Awaitable[None]]) -> None:
+        self._send = send
+        self.started = False
+        self.ended = False
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.started = True
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def body(self, chunk: bytes, *, more: bool = True) -> None:
+        if not more:
+            self.ended = True
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+
+class Forwarder:
+    """Carries exchanges upstream with retries, through the shared limiter."""
+
+    def __init__(
+        self,
+        *,
+        client: httpx.AsyncClient,
+        api_key: str,
+        limiter: AdaptiveLimiter,
+        metrics: ProxyMetrics,
+        max_retries: int,
+        backoff_base: float,
+        retry_after_cap: float,
+        max_wait: float,
+    ) -> None:
+        self._client = client
+        # Held only as the header value; never formatted into text anywhere else.
+        self._authorization = b"Bearer " + api_key.encode("latin-1")
+        self._limiter = limiter
+        self._metrics = metrics
+        self._max_retries = max_retries
+        self._backoff_base = backoff_base
+        self._retry_after_cap = retry_after_cap
+        self._max_wait = max_wait
+
+    def backoff(self, retry: int, error: RetryableError) -> float:
+        """Delay before retry number `retry` (1-based): Retry-After when the upstream gave
+        one (capped), else base x 1, 2, 4, ..."""
+        if error.retry_after is not None:
+            return min(error.retry_after, self._retry_after_cap)
+        return float(self._backoff_base * (2 ** (retry - 1)))
+
+    async def forward(self, exchange: Exchange, downstream: Downstream, outcome: Outcome) -> None:
+        """Answer the exchange, or raise the ProxyError the client should get instead.
+
+        `outcome` is filled in as it goes, so it is accurate even when this is cancelled."""
+        headers = request_headers(exchange.headers, self._authorization)
+        last_error: RetryableError | None = None
+        for attempt in range(self._max_retries + 1):
+            if last_error is not None:
+                delay = self.backoff(attempt, last_error)
+                self._metrics.retry(last_error.reason)
+                outcome.retry_reasons.append(last_error.reason)
+                log.debug(
+                    "retrying",
+                    extra={
+                        "request_id": exchange.request_id,
+                        "reason": last_error.reason,
+                        "delay_s": round(delay, 3),
+                        "attempt": attempt + 1,
+                    },
+                )
+                await trio.sleep(delay)
+            await self._admit()
+            outcome.attempts = attempt + 1
+            try:
+                await self._attempt(exchange, headers, downstream, outcome)
+            except RetryableError as error:
+                self._metrics.upstream_error(error.error_type)
+                last_error = error
+                continue
+            except UpstreamError as error:
+                self._metrics.upstream_error(error.error_type)
+                raise
+            return
+        assert last_error is not None
+        raise last_error
+
+    async def _admit(self) -> None:
+        """Take a limiter turn for one upstream attempt, waiting at most max_wait."""
+        began = trio.current_time()
+        ticket = self._limiter.reserve(began, self._max_wait)
+        if ticket is None:
+            self._metrics.rejection("rate_limit")
+            raise RateLimited(
+                "zai-proxy rate limit: the shared upstream budget is exhausted; retry later",
+                retry_after=self._limiter.retry_after(began),
+            )
+        try:
+            # The turn follows the rate as it is when we wake, so ask again after sleeping.
+            while (wait := self._limiter.delay(trio.current_time(), ticket)) > 0:  # noqa: ASYNC110
+                await trio.sleep(wait)
+        except trio.Cancelled:
+            self._limiter.cancel(trio.current_time(), ticket)
+            raise
+        self._metrics.rate_limit_wait.labels(self._metrics.variant).observe(
+            trio.current_time() - began
+        )
+
+    async def _attempt(
+        self,
+        exchange: Exchange,
+        headers: list[tuple[bytes, bytes]],
+        downstream: Downstream,
+        outcome: Outcome,
+    ) -> None:
+        request = self._client.build_request(
+            exchange.method, exchange.url, headers=headers, content=exchange.body
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise ConnectTimeout("timed out connecting to the upstream") from exc
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout("the upstream did not answer in time") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamConnectionError(
+                f"could not reach the upstream: {type(exc).__name__}"
+            ) from exc
+        try:
+            status = response.status_code
+            adjustment = self._limiter.record(trio.current_time(), throttled=status == 429)
+            if adjustment is not None:
+                report_adjustment(self._metrics, adjustment)
+            if status == 429:
+                body = await _read_capped(response)
+                raise UpstreamThrottled(
+                    "the upstream is rate limiting (429)",
+                    retry_after=parse_retry_after(
+                        header_value(response.headers.raw, b"retry-after")
+                    ),
+                    headers=list(response.headers.raw),
+                    body=body,
+                )
+            if _is_event_stream(response):
+                await self._relay_stream(exchange, response, downstream, outcome)
+            else:
+                await self._relay_whole(exchange, response, downstream, outcome)
+        finally:
+            with trio.move_on_after(1, shield=True):
+                await response.aclose()
+
+    async def _relay_whole(
+        self,
+        exchange: Exchange,
+        response: httpx.Response,
+        downstream: Downstream,
+        outcome: Outcome,
+    ) -> None:
+        status = response.status_code
+        try:
+            body = await response.aread()
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout("the upstream stopped sending its answer") from exc
+        except httpx.TransportError as exc:
+            raise TruncatedResponse("the upstream's answer was cut off") from exc
+        if 200 <= status < 300 and exchange.method != "HEAD" and status != 204:
+            if not body.strip():
+                raise TruncatedResponse("the upstream sent an empty body")
+            if _is_json(response):
+                try:
+                    json.loads(body)
+                except ValueError as exc:
+                    raise TruncatedResponse("the upstream sent invalid JSON") from exc
+                outcome.usage = usage_from_json(body, exchange.style)
+                if outcome.usage is None:
+                    outcome.output_text_bytes = body
+        if status == 422:
+            self._metrics.upstream_error("422")
+            log.warning(
+                "upstream rejected the request (422)",
+                extra={
+                    "request_id": exchange.request_id,
+                    "request_body": _printable(exchange.body),
+                    "response_body": _printable(body),
+                },
+            )
+        headers = response_headers(response.headers.raw)
+        headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((b"x-request-id", exchange.request_id.encode()))
+        if outcome.usage is not None:
+            headers.append((b"x-token-input", str(outcome.usage.input).encode()))
+        outcome.status = status
+        outcome.committed = True
+        outcome.response_bytes = len(body)
+        await downstream.start(status, headers)
+        await downstream.body(body, more=False)
+
+    async def _relay_stream(
+        self,
+        exchange: Exchange,
+        response: httpx.Response,
+        downstream: Downstream,
+        outcome: Outcome,
+    ) -> None:
+        chunks = response.aiter_bytes()
+        try:
+            first = await anext(chunks, b"")
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout("the upstream's stream did not start in time") from exc
+        except httpx.TransportError as exc:
+            raise EmptyStream("the upstream's stream closed before its first byte") from exc
+        if not first:
+            raise EmptyStream("the upstream's stream closed before its first byte")
+
+        # OpenAI streams report usage only when the client asked for it, so their text is
+        # kept (capped) for local counting; Anthropic streams always carry usage.
+        capture = TEXT_CAPTURE_CHARS if exchange.style == "openai" else 0
+        tracker = SSEUsageTracker(exchange.style, capture_text=capture)
+        tracker.feed(first[:PEEK_BYTES])
+        if len(first) > PEEK_BYTES:
+            tracker.feed(first[PEEK_BYTES:])
+        headers = response_headers(response.headers.raw)
+        headers.append((b"x-request-id", exchange.request_id.encode()))
+        if tracker.input_known is not None:
+            headers.append((b"x-token-input", str(tracker.input_known).encode()))
+        outcome.status = response.status_code
+        outcome.committed = True
+        outcome.streamed = True
+        await downstream.start(response.status_code, headers)
+        await downstream.body(first)
+        sent = len(first)
+        last = first
+        broken: str | None = None
+        try:
+            async for chunk in chunks:
+                tracker.feed(chunk)
+                await downstream.body(chunk)
+                sent += len(chunk)
+                last = chunk
+        except httpx.TimeoutException:
+            broken = "timeout"
+        except httpx.TransportError:
+            broken = "read_error"
+        tracker.finish()
+        if (
+            broken is None
+            and 200 <= response.status_code < 300
+            and not tracker.complete
+            and tracker.error is None
+        ):
+            # A clean close without the protocol's end marker is a broken stream too.
+            broken = "read_error"
+        if broken is not None:
+            self._metrics.upstream_error(broken)
+            outcome.error_type = broken
+            outcome.status = 502 if broken == "read_error" else 504
+            tail = b"" if last.endswith((b"\n\n", b"\r\n\r\n")) else b"\n\n"
+            event = tail + _stream_error(exchange.style, "the upstream stream was interrupted")
+            await downstream.body(event)
+            sent += len(event)
+        elif tracker.error is not None:
+            self._metrics.upstream_error("stream_error_event")
+            outcome.error_type = "stream_error_event"
+            outcome.status = _STREAM_ERROR_STATUS.get(tracker.error, 502)
+        outcome.usage = tracker.usage
+        if outcome.usage is None and capture:
+            outcome.output_text = tracker.text
+        outcome.response_bytes = sent
+        await downstream.body(b"", more=False)
+
+
+def report_adjustment(metrics: ProxyMetrics, adjustment: Adjustment) -> None:
+    """One log line and one counter increment per limiter decision that changed the rate."""
+    if adjustment.direction == "hold":
+        limiter_log.debug("rate limit held", extra=_adjustment_fields(adjustment))
+        return
+    metrics.rate_limit_adjustments.labels(adjustment.direction, metrics.variant).inc()
+    limiter_log.info("rate limit adjusted", extra=_adjustment_fields(adjustment))
+
+
+def _adjustment_fields(adjustment: Adjustment) -> dict[str, object]:
+    return {
+        "direction": adjustment.direction,
+        "reason": adjustment.reason,
+        "old_rate": round(adjustment.old_rate, 3),
+        "new_rate": round(adjustment.new_rate, 3),
+        "ceiling": None if adjustment.ceiling is None else round(adjustment.ceiling, 3),
+        "observed": None if adjustment.observed is None else round(adjustment.observed, 3),
+        "throttled_fraction": round(adjustment.throttled_fraction, 4),
+        "answers": adjustment.answers,
+    }
+
+
+def throttled_response(
+    error: UpstreamThrottled, request_id: str, fallback_retry_after: float
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The upstream's last 429, passed on with a Retry-After the client can rely on."""
+    headers = response_headers(error.headers)
+    if header_value(headers, b"retry-after") is None:
+        headers.append((b"retry-after", retry_after_value(fallback_retry_after)))
+    headers.append((b"content-length", str(len(error.body)).encode()))
+    headers.append((b"x-request-id", request_id.encode()))
+    return headers, error.body
+
+
+def _stream_error(style: ApiStyle, message: str) -> bytes:
+    if style == "openai":
+        data = json.dumps({"error": {"message": message, "type": "server_error"}})
+        return b"data: " + data.encode() + b"\n\n"
+    data = json.dumps({"type": "error", "error": {"type": "api_error", "message": message}})
+    return b"event: error\ndata: " + data.encode() + b"\n\n"
+
+
+def _is_event_stream(response: httpx.Response) -> bool:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
+
+
+def _is_json(response: httpx.Response) -> bool:
+    content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return content_type == "application/json" or content_type.endswith("+json") or not content_type
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            parts.append(chunk)
+            size += len(chunk)
+            if size >= MAX_ERROR_BODY:
+                break
+    except httpx.TransportError:
+        pass
+    return b"".join(parts)[:MAX_ERROR_BODY]
+
+
+def _printable(body: bytes, limit: int = 64 * 1024) -> str:
+    text = body[:limit].decode("utf-8", "replace")
+    return text if len(body) <= limit else text + f"... ({len(body)} bytes)"

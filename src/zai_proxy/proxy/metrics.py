@@ -1,0 +1,315 @@
+"""The proxy's Prometheus surface, in a registry of the app's own.
+
+Names, labels and buckets are those of the Go proxy this replaces (seed 000's tables and
+seed 004's definitions), each with a `variant` label.  Values that change all the time
+(requests in flight, utilisation, the limiter's rate) are read when scraped, by
+`_LiveCollector`, so they are never stale and cost nothing per request.
+
+Label values come from small fixed sets: `path` from `paths.ROUTES` or "other", `model`
+from the first `MODEL_LABEL_CAP` distinct names seen (then "other"), `status_code` as
+sent (bounded by HTTP itself).
+
+Two labels need a word:
+- `zai_proxy_retry_attempts_total{reason="retry"}` counts every retry attempt; the other
+  reasons count what caused it.  So `reason!="retry"` sums to `reason="retry"`.
+- `zai_proxy_rate_limit_rejections_total` adds `reason`: `rate_limit` (the limiter's
+  wait would exceed RATE_LIMIT_MAX_WAIT, answered 429) or `capacity` (all MAX_WORKERS busy,
+  answered 503).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .. import __version__
+from .paths import ROUTES
+
+__all__ = ["MODEL_LABEL_CAP", "LiveState", "ModelLabels", "ProxyMetrics"]
+
+# `_created` series double the exposition for no use on our dashboards or alerts.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+MODEL_LABEL_CAP = 20
+_MODEL_LABEL_MAX_LEN = 64
+
+DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+SIZE_BUCKETS = (100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8)
+TOKEN_COUNT_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+TOKEN_RATE_BUCKETS = (1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0, 25000.0)
+SECONDS_PER_TOKEN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+RELATIVE_ERROR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
+
+DIRECTIONS = ("input", "output", "cache_read", "cache_write")
+RETRY_REASONS = ("retry", "network_error", "429", "truncated_response", "empty_streaming")
+UPSTREAM_ERROR_TYPES = (
+    "422",
+    "429",
+    "truncated_response",
+    "empty_streaming",
+    "upstream_connection",
+    "write_error",
+    "read_error",
+    "request_creation",
+    "timeout",
+    "stream_error_event",
+)
+ADJUST_DIRECTIONS = ("increase", "decrease", "probe")
+REJECTION_REASONS = ("rate_limit", "capacity")
+
+
+class ModelLabels:
+    """Maps model names from request bodies onto a bounded label set."""
+
+    def __init__(self, default: str, cap: int = MODEL_LABEL_CAP) -> None:
+        self._default = default
+        self._cap = cap
+        self._seen: set[str] = set()
+
+    def label(self, model: str | None) -> str:
+        if not model:
+            return self._default
+        name = model[:_MODEL_LABEL_MAX_LEN]
+        if name in self._seen:
+            return name
+        if len(self._seen) >= self._cap:
+            return "other"
+        self._seen.add(name)
+        return name
+
+
+@dataclass(frozen=True, slots=True)
+class LiveState:
+    """What the scrape-time collector reads; the app passes a function returning this."""
+
+    concurrent: int
+    max_workers: int
+    rate_limit_rps: float
+    rate_limit_ceiling: float | None
+
+
+class _LiveCollector(Collector):
+    def __init__(self, variant: str, read: Callable[[], LiveState]) -> None:
+        self._variant = variant
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._read()
+        v = self._variant
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, doc, labels=["variant"])
+            family.add_metric([v], value)
+            return family
+
+        yield gauge(
+            "zai_proxy_concurrent_requests",
+            "Requests currently being processed.",
+            state.concurrent,
+        )
+        yield gauge(
+            "zai_proxy_max_workers",
+            "Maximum concurrent requests (MAX_WORKERS).",
+            state.max_workers,
+        )
+        yield gauge(
+            "zai_proxy_worker_utilization_ratio",
+            "concurrent_requests / max_workers.",
+            state.concurrent / state.max_workers if state.max_workers else 0.0,
+        )
+        yield gauge(
+            "zai_proxy_rate_limit_requests_per_second",
+            "Current rate of the adaptive limiter (requests/s).",
+            state.rate_limit_rps,
+        )
+        if state.rate_limit_ceiling is not None:
+            yield gauge(
+                "zai_proxy_rate_limit_ceiling_requests_per_second",
+                "The limiter's estimate of the upstream's limit (absent until a 429 storm).",
+                state.rate_limit_ceiling,
+            )
+
+
+class ProxyMetrics:
+    """Every proxy metric, bound to one registry and one variant."""
+
+    def __init__(
+        self,
+        *,
+        variant: str,
+        live: Callable[[], LiveState],
+        commit: str = "unknown",
+        build_time: str = "unknown",
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.variant = variant
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        v = variant
+
+        self.requests = Counter(
+            "zai_proxy_requests_total",
+            "Requests handled, by method, API route and status code sent.",
+            ["method", "path", "status_code", "variant"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "zai_proxy_request_duration_seconds",
+            "Time from request received to last byte sent.",
+            ["method", "path", "status_code", "variant"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.request_size = Histogram(
+            "zai_proxy_request_size_bytes",
+            "Request body size.",
+            ["method", "path", "variant"],
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
+        self.response_size = Histogram(
+            "zai_proxy_response_size_bytes",
+            "Response body size sent to the client.",
+            ["method", "path", "status_code", "variant"],
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "zai_proxy_tokens",
+            "Tokens by direction, model and pricing tier (API-reported, else counted locally).",
+            ["direction", "model", "variant", "pricing_tier"],
+            registry=r,
+        )
+        self.token_count_duration = Histogram(
+            "zai_proxy_token_count_duration_seconds",
+            "Time spent counting tokens locally.",
+            ["variant"],
+            buckets=TOKEN_COUNT_BUCKETS,
+            registry=r,
+        )
+        self.token_rate = Histogram(
+            "zai_proxy_token_rate",
+            "Tokens per second of request duration, per request.",
+            ["direction", "model", "variant"],
+            buckets=TOKEN_RATE_BUCKETS,
+            registry=r,
+        )
+        self.token_rate_seconds = Histogram(
+            "zai_proxy_token_rate_seconds",
+            "Seconds of request duration per token, per request (time per output token).",
+            ["direction", "model", "variant"],
+            buckets=SECONDS_PER_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.token_estimate_error = Histogram(
+            "zai_proxy_token_estimate_relative_error",
+            "|local estimate - API count| / API count, on a sample of requests.",
+            ["direction", "variant"],
+            buckets=RELATIVE_ERROR_BUCKETS,
+            registry=r,
+        )
+        self.rate_limit_wait = Histogram(
+            "zai_proxy_rate_limit_wait_seconds",
+            "Time an upstream attempt waited for a limiter token.",
+            ["variant"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.rate_limit_adjustments = Counter(
+            "zai_proxy_rate_limit_adjustments",
+            "Adaptive limiter decisions, by direction.",
+            ["direction", "variant"],
+            registry=r,
+        )
+        self.rate_limit_rejections = Counter(
+            "zai_proxy_rate_limit_rejections",
+            "Requests turned away: rate_limit (429, wait too long) or capacity (503, full).",
+            ["variant", "reason"],
+            registry=r,
+        )
+        self.retry_attempts = Counter(
+            "zai_proxy_retry_attempts",
+            'Retry attempts; reason="retry" counts all of them, the others their cause.',
+            ["reason", "variant"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "zai_proxy_upstream_errors",
+            "Upstream failures by type.",
+            ["error_type", "variant"],
+            registry=r,
+        )
+        self.task_restarts = Counter(
+            "zai_proxy_task_restarts",
+            "Background tasks restarted by the supervisor after a crash.",
+            ["task", "variant"],
+            registry=r,
+        )
+        build = Gauge(
+            "zai_proxy_build_info",
+            "Build information; the value is always 1.",
+            ["version", "variant", "commit", "build_time"],
+            registry=r,
+        )
+        build.labels(__version__, v, commit, build_time).set(1)
+        r.register(_LiveCollector(v, live))
+
+        # Series that exist from the start, so dashboards and alerts see 0 rather than
+        # "no data" before the first event.
+        for direction in ADJUST_DIRECTIONS:
+            self.rate_limit_adjustments.labels(direction, v)
+        for reason in REJECTION_REASONS:
+            self.rate_limit_rejections.labels(v, reason)
+        for reason in RETRY_REASONS:
+            self.retry_attempts.labels(reason, v)
+        for error_type in UPSTREAM_ERROR_TYPES:
+            self.upstream_errors.labels(error_type, v)
+        self.token_count_duration.labels(v)
+        self.rate_limit_wait.labels(v)
+        for route in ROUTES[:1]:
+            self.request_size.labels("POST", route, v)
+
+    def retry(self, reason: str) -> None:
+        self.retry_attempts.labels("retry", self.variant).inc()
+        self.retry_attempts.labels(reason, self.variant).inc()
+
+    def upstream_error(self, error_type: str) -> None:
+        self.upstream_errors.labels(error_type, self.variant).inc()
+
+    def rejection(self, reason: str) -> None:
+        self.rate_limit_rejections.labels(self.variant, reason).inc()

@@ -1,0 +1,275 @@
+"""Forwarding rules: paths, query, headers, body, own endpoints, limits, wire formats."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import httpx
+import pytest
+import trio
+
+from tests.conftest import UPSTREAM_KEY, ProxyHandle, StartProxy
+from zai_proxy.sim.upstream import SimUpstream
+
+MESSAGE = {
+    "model": "glm-4.6",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "Say hello."}],
+}
+
+
+async def post(url: str, body: object, **kwargs: object) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.post(url, json=body, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_short_path_gets_the_target_base_path(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    response = await post(proxy.origin + "/v1/messages", MESSAGE)
+    assert response.status_code == 200
+    assert upstream.records[-1].target == "/api/anthropic/v1/messages"
+
+
+async def test_full_path_keeps_the_base_path_once(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    response = await post(proxy.origin + "/api/anthropic/v1/messages", MESSAGE)
+    assert response.status_code == 200
+    assert upstream.records[-1].target == "/api/anthropic/v1/messages"
+
+
+async def test_query_string_is_kept(proxy: ProxyHandle, upstream: SimUpstream) -> None:
+    response = await post(proxy.url + "/v1/messages?beta=true&x=%2F1", MESSAGE)
+    assert response.status_code == 200
+    assert upstream.records[-1].target == "/api/anthropic/v1/messages?beta=true&x=%2F1"
+
+
+async def test_any_method_is_forwarded(proxy: ProxyHandle, upstream: SimUpstream) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        got = await client.get(proxy.url + "/v1/models")
+        deleted = await client.delete(proxy.url + "/v1/files/abc")
+        put = await client.put(proxy.url + "/v1/things", content=b"x")
+    assert got.status_code == 200 and got.json()["data"]
+    # The simulator has no such routes: its own 404 must come back untouched.
+    assert deleted.status_code == 404 and put.status_code == 404
+    methods = [(r.method, r.target) for r in list(upstream.records)[-3:]]
+    assert methods == [
+        ("GET", "/api/anthropic/v1/models"),
+        ("DELETE", "/api/anthropic/v1/files/abc"),
+        ("PUT", "/api/anthropic/v1/things"),
+    ]
+
+
+async def test_callers_credentials_are_replaced_by_the_key(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    response = await post(
+        proxy.url + "/v1/messages",
+        MESSAGE,
+        headers={"Authorization": "Bearer agent-token", "x-api-key": "agent-key"},
+    )
+    assert response.status_code == 200
+    record = upstream.records[-1]
+    assert record.header("authorization") == f"Bearer {UPSTREAM_KEY}"
+    assert record.header("x-api-key") is None
+    assert [name for name, _ in record.headers].count("authorization") == 1
+
+
+async def test_end_to_end_headers_pass_and_hop_by_hop_headers_do_not(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    response = await post(
+        proxy.url + "/v1/messages",
+        MESSAGE,
+        headers={
+            "anthropic-version": "2023-06-01",
+            "anthropic-beta": "prompt-caching-2024-07-31",
+            "user-agent": "claude-cli/2.0 (agent)",
+            "x-custom": "kept",
+            "connection": "keep-alive, x-drop-me",
+            "x-drop-me": "named by Connection",
+            "keep-alive": "timeout=5",
+            "proxy-authorization": "Basic secret",
+            "te": "trailers",
+        },
+    )
+    assert response.status_code == 200
+    record = upstream.records[-1]
+    assert record.header("anthropic-version") == "2023-06-01"
+    assert record.header("anthropic-beta") == "prompt-caching-2024-07-31"
+    assert record.header("user-agent") == "claude-cli/2.0 (agent)"
+    assert record.header("x-custom") == "kept"
+    assert record.header("content-type") == "application/json"
+    for dropped in ("x-drop-me", "keep-alive", "proxy-authorization", "te"):
+        assert record.header(dropped) is None, dropped
+    assert record.header("host") == f"127.0.0.1:{upstream.port}"
+
+
+async def test_body_is_forwarded_byte_for_byte(proxy: ProxyHandle, upstream: SimUpstream) -> None:
+    # Odd spacing, key order, unicode escapes and fields the proxy knows nothing about
+    # (thinking, cache_control, system arrays) must arrive exactly as sent.
+    body = (
+        b'{"model":"glm-4.6",  "max_tokens":32,"thinking":{"type":"enabled","budget_tokens":1024},'
+        b'"system":[{"type":"text","text":"Be \\u00e9l\\u00e9gant.",'
+        b'"cache_control":{"type":"ephemeral"}}],'
+        b'"messages":[{"role":"user","content":"hi"}]}'
+    )
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(
+            proxy.url + "/v1/messages", content=body, headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 200
+    assert upstream.records[-1].body == body
+
+
+async def test_response_carries_request_id_and_input_tokens(proxy: ProxyHandle) -> None:
+    response = await post(proxy.url + "/v1/messages", MESSAGE)
+    assert response.status_code == 200
+    usage = response.json()["usage"]
+    assert response.headers["x-token-input"] == str(usage["input_tokens"])
+    assert response.headers["x-request-id"].startswith("req_")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/../secret",
+        "/api/anthropic/../../etc/passwd",
+        "/v1/%2e%2e/%2e%2e/admin",
+        "/v1/%252e%252e/admin",
+        "/v1/..%2fadmin",
+        "/v1/.%2E/admin",
+        "/v1/%5c..%5cadmin",
+        "//evil.example/v1/messages",
+        "/v1//messages",
+        "/v1/./messages",
+    ],
+)
+async def test_path_that_could_escape_the_base_is_refused(
+    proxy: ProxyHandle, upstream: SimUpstream, path: str
+) -> None:
+    before = upstream.total_requests
+    async with trio.open_nursery():
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.running.port)
+        request = (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        ).encode()
+        await stream.send_all(request)
+        data = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():
+                data += chunk
+        await stream.aclose()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
+    assert upstream.total_requests == before
+
+
+async def test_absolute_uri_request_target_is_refused(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    before = upstream.total_requests
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.running.port)
+    await stream.send_all(
+        b"GET http://evil.example/v1/models HTTP/1.1\r\nHost: evil.example\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    data = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some():
+            data += chunk
+    await stream.aclose()
+    assert data.startswith(b"HTTP/1.1 400"), data[:200]
+    assert upstream.total_requests == before
+
+
+async def test_oversized_body_gets_413_without_contacting_upstream(
+    start_proxy: StartProxy, upstream: SimUpstream
+) -> None:
+    proxy = await start_proxy(MAX_BODY_BYTES="1000")
+    before = upstream.total_requests
+    big = {"model": "glm-4.6", "messages": [{"role": "user", "content": "x" * 2000}]}
+    declared = await post(proxy.url + "/v1/messages", big)
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(5):
+            yield b"x" * 400
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        chunked = await client.post(proxy.url + "/v1/messages", content=chunks())
+    for response in (declared, chunked):
+        assert response.status_code == 413
+        assert response.json()["error"]["type"] == "request_too_large"
+    assert upstream.total_requests == before
+
+
+async def test_openai_style_paths_get_openai_shaped_errors(
+    start_proxy: StartProxy, upstream: SimUpstream
+) -> None:
+    proxy = await start_proxy(MAX_BODY_BYTES="10")
+    response = await post(proxy.url + "/v1/chat/completions", {"model": "m", "messages": []})
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type"} and "type" not in response.json()
+
+
+async def test_health_endpoints_answer_from_the_proxy(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    before = upstream.total_requests
+    async with httpx.AsyncClient(timeout=10) as client:
+        for path in ("/health", "/healthz"):
+            response = await client.get(proxy.origin + path)
+            assert response.status_code == 200
+            body = response.json()
+            assert body["status"] == "ok" and body["variant"] == "production"
+            assert body["version"]
+    assert upstream.total_requests == before
+
+
+async def test_admin_reset_needs_the_token_when_one_is_set(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = await start_proxy(ADMIN_TOKEN="let-me-in")
+    async with httpx.AsyncClient(timeout=10) as client:
+        refused = await client.post(proxy.origin + "/admin/reset-rate-limit")
+        wrong = await client.post(
+            proxy.origin + "/admin/reset-rate-limit", headers={"Authorization": "Bearer nope"}
+        )
+        allowed = await client.post(
+            proxy.origin + "/admin/reset-rate-limit",
+            headers={"Authorization": "Bearer let-me-in"},
+        )
+    assert refused.status_code == 401 and wrong.status_code == 401
+    assert refused.json()["error"]["type"] == "authentication_error"
+    assert allowed.status_code == 200 and allowed.json()["status"] == "reset"
+
+
+async def test_admin_reset_is_open_without_a_token(proxy: ProxyHandle) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(proxy.origin + "/admin/reset-rate-limit")
+    assert response.status_code == 200
+
+
+async def test_full_proxy_answers_503_at_once(
+    start_proxy: StartProxy, upstream: SimUpstream
+) -> None:
+    proxy = await start_proxy(MAX_WORKERS="2")
+    upstream.script("hang", "hang")
+    async with httpx.AsyncClient(timeout=10) as client, trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(partial(client.post, proxy.url + "/v1/messages", json=MESSAGE))
+        with trio.fail_after(5):
+            await upstream.wait_for(lambda s: s.requests_in_flight >= 2)
+        started = trio.current_time()
+        response = await client.post(proxy.url + "/v1/messages", json=MESSAGE)
+        elapsed = trio.current_time() - started
+        nursery.cancel_scope.cancel()
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "overloaded_error"
+    assert response.headers["retry-after"] == "1"
+    assert elapsed < 1.0
