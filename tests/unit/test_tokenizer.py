@@ -15,7 +15,6 @@ import tiktoken.registry
 import trio
 
 from zai_proxy.proxy import tokenizer
-from zai_proxy.supervisor import tune_runtime
 from zai_proxy.proxy.tokenizer import (
     TokenCounter,
     count_request_async,
@@ -23,6 +22,7 @@ from zai_proxy.proxy.tokenizer import (
     estimate_tokens,
     relative_error,
 )
+from zai_proxy.supervisor import tune_runtime
 
 # Framing added by count_request: 3 tokens per message and 3 for the reply.
 FRAME = 3

@@ -152,7 +152,7 @@ class LimiterConfig:
     """429 fraction above which the rate drops to the hold point."""
     clean_below: float = 0.01
     """429 fraction below which a window is clean."""
-    hold_windows: int = 0
+    hold_windows: int = 3
     """Consecutive 1-5 % windows after which the rate drops as if above 5 %; 0 = never."""
     probe_step: float = 0.08
     """A probe runs at ceiling x (1 + probe_step)."""
