@@ -86,8 +86,9 @@ async def run_until_signalled(
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
 
-        async def watch() -> None:
+        async def watch(*, task_status: trio.TaskStatus[None]) -> None:
             with trio.open_signal_receiver(*signals) as received:
+                task_status.started()
                 async for signum in received:
                     if not stop.is_set():
                         log.info(
@@ -100,7 +101,7 @@ async def run_until_signalled(
                         nursery.cancel_scope.cancel()
                         return
 
-        nursery.start_soon(watch)
+        await nursery.start(watch)
         await body(stop)
         nursery.cancel_scope.cancel()
 

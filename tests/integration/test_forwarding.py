@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from functools import partial
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 import trio
 
 from tests.conftest import UPSTREAM_KEY, ProxyHandle, StartProxy
+from zai_proxy.logs import JsonFormatter
 from zai_proxy.sim.upstream import SimUpstream
 
 MESSAGE = {
@@ -273,3 +275,23 @@ async def test_full_proxy_answers_503_at_once(
     assert response.json()["error"]["type"] == "overloaded_error"
     assert response.headers["retry-after"] == "1"
     assert elapsed < 1.0
+
+
+async def test_one_structured_log_line_per_request(
+    proxy: ProxyHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="zai_proxy.access"):
+        response = await post(
+            proxy.url + "/v1/messages", MESSAGE, headers={"x-request-id": "trace-123"}
+        )
+        await proxy.settled()
+    assert response.headers["x-request-id"] == "trace-123"
+    (record,) = [r for r in caplog.records if r.name == "zai_proxy.access"]
+    fields = record.__dict__
+    assert fields["request_id"] == "trace-123"
+    assert (fields["method"], fields["path"], fields["status"]) == ("POST", "/v1/messages", 200)
+    assert fields["attempts"] == 1 and fields["model"] == "glm-4.6"
+    assert fields["duration_ms"] > 0
+    assert fields["tokens_in"] == response.json()["usage"]["input_tokens"]
+    line = json.loads(JsonFormatter().format(record))
+    assert line["msg"] == "request" and line["request_id"] == "trace-123"

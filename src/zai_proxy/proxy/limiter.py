@@ -6,13 +6,18 @@ seconds (`trio.current_time()` in the proxy); successive calls must not go back 
 
 Using it::
 
-    ticket = limiter.reserve(now)                 # None: the wait would pass max_wait
-    while (wait := limiter.delay(trio.current_time(), ticket)) > 0:
-        await trio.sleep(wait)                    # on cancellation: limiter.cancel(...)
-    ...send the attempt...
-    limiter.record(trio.current_time(), throttled=status == 429)   # at the status line
+    ticket = limiter.reserve(trio.current_time())   # None: the wait would pass max_wait
+    try:
+        while (wait := limiter.delay(trio.current_time(), ticket)) > 0:
+            await trio.sleep(wait)
+    except trio.Cancelled:
+        limiter.cancel(trio.current_time(), ticket)
+        raise
+    sent_at = trio.current_time()
+    ...send the attempt; at its status line:
+    limiter.record(trio.current_time(), throttled=status == 429, sent_at=sent_at)
 
-    # one task, once per window (trio.sleep_until keeps the schedule):
+    # and one task, once per window (trio.sleep_until keeps the schedule):
     adjustment = limiter.adjust(trio.current_time())
 
 The bucket
@@ -20,13 +25,12 @@ The bucket
 A ticket is a place in one FIFO queue: ticket *k* may go once the bucket has produced
 *k* tokens. Unlike a reservation with a fixed send time (Go's `rate.Limiter.Reserve`),
 a queued ticket's turn follows the rate as it is *now*, so a decrease holds back
-everyone already waiting at once; with fixed times, a queue 20 s deep would keep
-sending at the old rate for 20 s after the upstream began refusing. That is why
-callers ask `delay()` again after sleeping, and why `delay()` never asks them to sleep
-longer than `recheck` seconds. A caller that wakes late never lets the queue send
-faster than the rate (turns are counted in tokens, not in times); it only leaves a
-slot unused for a moment. `cancel()` gives a ticket's token back, which moves
-everyone behind it up by one turn.
+everyone already waiting at once; with fixed times, a queue 20 s deep would go on
+sending at the old rate for 20 s after the upstream began refusing. So callers ask
+`delay()` again after sleeping, and `delay()` never asks for more than `recheck`
+seconds. A caller that wakes late never makes the queue faster than the rate (turns
+are counted in tokens, not in times); it only leaves its slot unused for a moment.
+`cancel()` gives a ticket's token back, moving everyone behind it up one turn.
 
 The burst is one token by default: attempts leave evenly spaced, 1/rate apart. The
 upstream's own bucket and its depth are hidden; whatever we send above its depth in
@@ -37,52 +41,62 @@ of 1/rate costs callers nothing they would notice.
 What the ceiling is made of
 ---------------------------
 The observation is the *admitted rate* over a throttled stretch: (attempts sent - 429
-answers) / seconds. While the upstream throttles us it admits exactly its limit, no
-matter what rate we set, so this measures the limit itself, where the rate we had
-set (the seed's signal) only bounds it from above. Both counts are fast: sends are
-counted here when a ticket goes, and 429s come back at once. Successful answers are
-not counted, because their status line can come late (a non-streaming answer only
-after the whole completion), and would credit the stretch with what was sent before
-the throttling began.
+answers) / seconds. While the upstream throttles us it admits its limit whatever
+rate we set, so this measures the limit itself, where the rate we had set (the
+seed's signal) only bounds it from above. Both counts are fast: sends are counted
+here when a ticket goes, and 429s come back at once. Successful answers are not
+counted: their status line can come late (a non-streaming answer's only after the
+whole completion) and would credit the stretch with what was sent before the
+throttling began. With `sent_at` on each answer, a mid-window stretch is measured by
+send time (the sends from the first 429's send on, less the 429s among them), so
+429s still on their way back do not skew it; answers to attempts sent before the
+rate last changed are ignored altogether, as they tell about the old rate.
 
 When demand is below the set rate, a throttled stretch still measures what the
-upstream admitted of the demand there was; it can read low only if demand dipped
-below the limit during the stretch, and the next probe corrects that. A clean
-window in which less than `saturation` of the bucket's tokens were used says nothing
-about the limit: it never raises the rate above what is known and does not count
-towards a probe (TCP's congestion-window validation, RFC 7661, for the same reason).
+upstream admitted of the demand there was; it reads low only if demand dipped
+below the limit during the stretch, and the next probe corrects that. A clean window
+that used less than `saturation` of the bucket's tokens says nothing about the limit:
+it never raises the rate above what is known and does not count towards a probe
+(TCP's congestion-window validation, RFC 7661, for the same reason).
+
+The reading assumes the upstream's bucket holds some burst (the bench uses one second
+of its rate). A bucket with no burst at all admits an evenly paced sender that
+overloads it at about half that sender's rate, not at its limit, so the limiter
+reads such a limit low and climbs to it by probes, slowly.
 
 The rules
 ---------
-A window is judged by `adjust()` when the outer loop calls it; one with fewer than
-`min_answers` answers changes nothing (the clean streak is kept, neither broken nor
-lengthened). The 429 fraction is of the upstream answers in the window.
+`adjust()` judges the window that ends when the outer loop calls it. A window with
+fewer than `min_answers` answers changes nothing (the clean streak is neither broken
+nor lengthened); the short rest of a window after a mid-window decision (under
+`measure_time`) runs on into the next one. The 429 fraction is of the answers.
 
 * Above 5 % (`decrease_above`): the ceiling takes the observation: the first one as
-  it is, later ones by EWMA (`ceiling_alpha`), except that an observation more than
-  `shift_tolerance` away from the estimate replaces it (the limit moved; averaging
-  would only make us track it slowly). The rate drops to
-  min(ceiling, observation) x (1 - hold_margin).
-* From 1 % to 5 %: hold. A second such window in a row counts as above 5 %: a steady
-  trickle of 429s means we sit just above the limit, and the seed's rule alone would
-  sit there for ever.
+  it is, later ones by EWMA (`ceiling_alpha`), except that one more than
+  `shift_tolerance` away replaces the estimate (the limit moved; averaging would
+  only track it slowly). The rate drops to min(ceiling, observation) x (1 - hold_margin).
+* From 1 % to 5 %: hold. After `hold_windows` such windows in a row the rate drops as
+  above: a steady trickle of 429s means we sit just above the limit, where the
+  seed's rule alone would stay for ever.
 * Below 1 % (`clean_below`) with a ceiling known: the rate closes half the gap to the
-  hold point, ceiling x (1 - hold_margin), each window (a gap under 1 % of the hold
-  point is closed at once, so the rate settles instead of creeping). Without a
-  ceiling, a saturated clean window multiplies the rate by `search_factor`.
-* After `probe_interval` saturated clean windows: a probe window at
-  ceiling x (1 + probe_step). It ends at once, mid-window, when `probe_abort` 429s make
-  at least 1 % of its answers: back to the hold point, ceiling kept (it was just
-  confirmed); such a failed probe costs a handful of 429s. A probe window that ends
-  clean and saturated shows the limit has risen: the ceiling is forgotten and the
-  rate searches upwards from the probe rate (x `search_factor` per clean window)
-  until a throttled stretch measures the new limit.
-* Mid-window: a throttle episode, from the first 429 of a window, is judged
-  `measure_time` seconds later; if more than 5 % of its answers were 429s it counts as
-  a throttled window at once, with its own observation, and a new window starts (the
-  outer loop's schedule does not move; the next `adjust()` judges the rest). Without
-  this a drop of the limit, or an overshooting search, costs a whole window of 429s.
-  `measure_time = 0` turns it off.
+  hold point, ceiling x (1 - hold_margin), each window; a gap under 1 % of the hold
+  point is closed at once, so the rate settles instead of creeping. With no ceiling
+  known, a saturated clean window multiplies the rate by `search_factor`.
+* After `probe_interval` saturated clean windows comes a probe window at
+  ceiling x (1 + probe_step). It ends at once, mid-window, when `probe_abort` 429s
+  make at least 1 % of its answers: back to the rate before the probe, ceiling kept
+  (it was just confirmed). A failed probe thus costs about `probe_abort` 429s, which
+  is what makes frequent probes affordable. A probe window that ends clean and
+  saturated shows the limit has risen: the ceiling is forgotten and the rate
+  searches upwards from the probe rate (x `search_factor` per clean window) until a
+  throttled stretch measures the new limit.
+* Mid-window: a throttle episode, opened by a window's first 429, is judged
+  `measure_time` seconds later. If more than 5 % of its answers were 429s (more than
+  1 % while searching, when the rate sits above anything known to be safe), it counts
+  as a throttled window at once, with its own observation, and a new window starts;
+  the outer loop's schedule does not move. Without this, a drop of the limit or an
+  overshooting search would cost a whole window of 429s. `measure_time = 0` turns
+  mid-window decisions off.
 
 The rate always stays within [minimum, maximum]; the ceiling never goes below minimum.
 
@@ -104,14 +118,14 @@ __all__ = ["Adjustment", "AdaptiveLimiter", "Direction", "LimiterConfig", "Reaso
 Direction = Literal["increase", "decrease", "probe", "hold"]
 Reason = Literal[
     "throttled",  # more than 5 % of answers were 429s (window or mid-window episode)
-    "persistently throttled",  # a second window in a row with 1-5 % of 429s
+    "persistently throttled",  # hold_windows windows in a row with 1-5 % of 429s
     "slightly throttled",  # a first window with 1-5 % of 429s: hold
     "converge",  # clean: half the gap to the hold point
     "search",  # clean, no ceiling known: multiply the rate
     "probe",  # enough clean windows: try above the ceiling
-    "probe failed",  # the probe drew 429s: back to the hold point
+    "probe failed",  # the probe drew 429s: back to the rate before it
     "probe passed",  # the probe stayed clean: the limit rose, search upwards
-    "probe idle",  # the probe window had too little demand to tell: back to the hold point
+    "probe idle",  # too little demand in the probe window to tell: back to the rate before it
     "steady",  # clean, already at the hold point
     "idle",  # clean but demand below the rate: nothing learnt
 ]
@@ -202,6 +216,8 @@ class LimiterConfig:
             )
         if not self.probe_step > 0:
             raise ValueError(f"probe_step must be > 0, got {self.probe_step!r}")
+        if self.hold_windows < 0:
+            raise ValueError(f"hold_windows must be >= 0, got {self.hold_windows!r}")
         if self.probe_abort < 1:
             raise ValueError(f"probe_abort must be >= 1, got {self.probe_abort!r}")
         if not self.search_factor > 1:
