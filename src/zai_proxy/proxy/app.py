@@ -50,6 +50,10 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+# How much of an oversized request body is read and discarded before the 413 goes out.
+_DRAIN_LIMIT = 64 * 1024 * 1024
+_DRAIN_SECONDS = 10.0
+
 _OWN_PATHS = frozenset({"/health", "/healthz", "/metrics", "/admin/reset-rate-limit"})
 
 
@@ -291,17 +295,28 @@ class ProxyApp:
             )
 
     async def _read_body(self, headers: list[tuple[bytes, bytes]], receive: Receive) -> bytes:
+        """The whole request body, or BodyTooLarge once it passes MAX_BODY_BYTES.
+
+        An oversized body is still read to its end (and thrown away, up to _DRAIN_LIMIT
+        bytes or _DRAIN_SECONDS): a server that answers and closes while the client is
+        still sending makes the kernel reset the connection, and the client then sees a
+        connection error instead of our 413.
+        """
         limit = self.settings.max_body_bytes
+        declared: int | None = None
         for name, value in headers:
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     raise BadRequest("Content-Length is not a number") from None
-                if declared > limit:
-                    raise BodyTooLarge(
-                        f"request body of {declared} bytes is over the {limit}-byte limit"
-                    )
+        too_large = BodyTooLarge(
+            f"request body of {declared if declared is not None else 'more than ' + str(limit)}"
+            f" bytes is over the {limit}-byte limit (MAX_BODY_BYTES)"
+        )
+        if declared is not None and declared > limit:
+            await self._drain(receive, declared)
+            raise too_large
         parts: list[bytes] = []
         size = 0
         while True:
@@ -312,10 +327,27 @@ class ProxyApp:
             if chunk:
                 size += len(chunk)
                 if size > limit:
-                    raise BodyTooLarge(f"request body is over the {limit}-byte limit")
+                    parts.clear()
+                    if message.get("more_body", False):
+                        await self._drain(receive, None)
+                    raise too_large
                 parts.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(parts)
+
+    @staticmethod
+    async def _drain(receive: Receive, declared: int | None) -> None:
+        if declared is not None and declared > _DRAIN_LIMIT:
+            return
+        drained = 0
+        with trio.move_on_after(_DRAIN_SECONDS):
+            while drained <= _DRAIN_LIMIT:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _ClientGone
+                drained += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
 
     async def _send_error(
         self,
