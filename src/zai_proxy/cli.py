@@ -1,4 +1,4 @@
-"""Command line: `zai-proxy serve | demo` (also `python -m zai_proxy`).
+"""Command line: `zai-proxy serve | dashboard | demo` (also `python -m zai_proxy`).
 
 Settings come from the environment under the names of the Go proxy; every setting also
 has a flag (`MAX_WORKERS` -> `--max-workers`) that overrides it.  A bad value stops
@@ -18,7 +18,7 @@ import trio
 from . import __version__
 from .errors import SettingsError
 from .logs import configure
-from .settings import ProxySettings
+from .settings import DashboardSettings, ProxySettings
 from .supervisor import run_until_signalled
 
 __all__ = ["main"]
@@ -48,6 +48,18 @@ PROXY_VARIABLES = {
     "UPSTREAM_POOL_TIMEOUT": "longest wait for a pooled connection (default 10s)",
     "SHUTDOWN_TIMEOUT": "how long SIGTERM waits for in-flight requests (default 30s)",
     "ADMIN_TOKEN": "when set, /admin/* needs Authorization: Bearer <token>",
+    "LOG_LEVEL": "debug, info, warning or error (default info)",
+}
+
+
+DASHBOARD_VARIABLES = {
+    "SCRAPE_TARGETS": "comma-separated proxy /metrics URLs to scrape",
+    "SCRAPE_INTERVAL": "how often to scrape each target (default 5s)",
+    "SCRAPE_TIMEOUT": "per-scrape timeout (default 3s)",
+    "LISTEN_ADDR": "address to listen on, HOST:PORT or :PORT (default :8080)",
+    "DB_PATH": "SQLite history file (default /data/dashboard.db)",
+    "RETENTION_5S": "how long 5-second rows are kept (default 24h)",
+    "RETENTION_1M": "how long 1-minute rows are kept (default 168h)",
     "LOG_LEVEL": "debug, info, warning or error (default info)",
 }
 
@@ -90,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_variables(serve, PROXY_VARIABLES)
 
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="run the metrics dashboard (scrapes proxies, keeps history, serves the page)",
+        description="Scrape SCRAPE_TARGETS every SCRAPE_INTERVAL, keep the history in "
+        "SQLite at DB_PATH, and serve the live page and its API on LISTEN_ADDR.",
+    )
+    _add_variables(dashboard, DASHBOARD_VARIABLES)
+
     demo = commands.add_parser(
         "demo",
         help="run the proxy in front of the built-in simulated upstream",
@@ -113,15 +133,44 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = ProxySettings.from_env(_environment(args, PROXY_VARIABLES))
             configure(settings.log_level, secrets=[settings.api_key, settings.admin_token or ""])
             trio.run(_serve, settings)
+        elif args.command == "dashboard":
+            dashboard = DashboardSettings.from_env(_environment(args, DASHBOARD_VARIABLES))
+            configure(dashboard.log_level)
+            trio.run(_dashboard, dashboard)
         elif args.command == "demo":
             from .demo import run_demo
 
             configure("info")
             trio.run(partial(run_demo, args))
-    except SettingsError as error:
+    except (SettingsError, BaseExceptionGroup) as raised:
+        # Bare from parsing, or wrapped by a nursery (e.g. the dashboard's DB check).
+        error = _settings_error(raised)
+        if error is None:
+            raise
         print(f"zai-proxy: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _settings_error(raised: BaseException) -> SettingsError | None:
+    if isinstance(raised, SettingsError):
+        return raised
+    if isinstance(raised, BaseExceptionGroup):
+        for inner in raised.exceptions:
+            found = _settings_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+async def _dashboard(settings: DashboardSettings) -> None:
+    from .dashboard.server import serve_dashboard
+
+    async def body(stop: trio.Event) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_dashboard, settings, stop)
+
+    await run_until_signalled(body)
 
 
 async def _serve(settings: ProxySettings) -> None:

@@ -34,7 +34,8 @@ async def run_demo(args: argparse.Namespace) -> None:
             latency=0.2,
             stream_gap=0.05,
             hidden_limit=args.hidden_limit,
-            hidden_limit_burst=2.0,
+            # About a second of burst, like real token-bucket limits.
+            hidden_limit_burst=max(1.0, args.hidden_limit),
             fault_rate=args.fault_rate,
             cache_ratio=0.5,
         )
@@ -49,6 +50,7 @@ async def run_demo(args: argparse.Namespace) -> None:
                     "ZAI_TARGET_URL": upstream.url,
                     "LISTEN_ADDR": f"{args.host}:{args.proxy_port}",
                     "RATE_LIMIT_WINDOW": "10s",
+                    "RATE_LIMIT_PROBE_INTERVAL": "1",
                     "SHUTDOWN_TIMEOUT": "5s",
                 }
             )

@@ -22,6 +22,7 @@ __all__ = [
     "ProxySettings",
     "parse_duration",
     "parse_listen_addr",
+    "without_userinfo",
 ]
 
 T = TypeVar("T")
@@ -308,7 +309,7 @@ class DashboardSettings:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise SettingsError(
                     "SCRAPE_TARGETS",
-                    _without_userinfo(item.strip()),
+                    without_userinfo(item.strip()),
                     "comma-separated http(s) URLs",
                 )
             targets.append(item.strip())
@@ -334,11 +335,10 @@ class DashboardSettings:
         )
 
 
-def _without_userinfo(url: str) -> str:
+def without_userinfo(url: str) -> str:
+    """`http://user:pass@host/metrics` -> `http://host/metrics`, for showing and logging."""
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    netloc = parts.netloc.rpartition("@")[2]
     return parts._replace(netloc=netloc).geturl()

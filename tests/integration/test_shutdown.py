@@ -122,3 +122,16 @@ async def test_flag_overrides_the_environment() -> None:
     )
     assert result.returncode == 2
     assert "MAX_WORKERS='zero'" in result.stderr.decode()
+
+
+async def test_dashboard_with_an_unusable_db_path_stops_with_one_line(tmp_path: object) -> None:
+    result = await trio.run_process(
+        [sys.executable, "-m", "zai_proxy", "dashboard", "--listen-addr", "127.0.0.1:0"],
+        env={**os.environ, "DB_PATH": "/proc/no-such-dir/dashboard.db"},
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.decode().strip().splitlines()
+    assert line.startswith("zai-proxy: DB_PATH='/proc/no-such-dir/dashboard.db' is not valid")

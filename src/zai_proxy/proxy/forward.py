@@ -155,10 +155,10 @@ class Forwarder:
                     },
                 )
                 await trio.sleep(delay)
-            await self._admit()
+            sent_at = await self._admit()
             outcome.attempts = attempt + 1
             try:
-                await self._attempt(exchange, headers, downstream, outcome)
+                await self._attempt(exchange, headers, downstream, outcome, sent_at)
             except RetryableError as error:
                 self._metrics.upstream_error(error.error_type)
                 last_error = error
@@ -170,8 +170,10 @@ class Forwarder:
         assert last_error is not None
         raise last_error
 
-    async def _admit(self) -> None:
-        """Take a limiter turn for one upstream attempt, waiting at most max_wait."""
+    async def _admit(self) -> float:
+        """Take a limiter turn for one upstream attempt, waiting at most max_wait.
+
+        Returns the time the turn came: the limiter measures throttled stretches by it."""
         began = trio.current_time()
         ticket = self._limiter.reserve(began, self._max_wait)
         if ticket is None:
@@ -187,9 +189,9 @@ class Forwarder:
         except trio.Cancelled:
             self._limiter.cancel(trio.current_time(), ticket)
             raise
-        self._metrics.rate_limit_wait.labels(self._metrics.variant).observe(
-            trio.current_time() - began
-        )
+        sent_at = trio.current_time()
+        self._metrics.rate_limit_wait.labels(self._metrics.variant).observe(sent_at - began)
+        return sent_at
 
     async def _attempt(
         self,
@@ -197,6 +199,7 @@ class Forwarder:
         headers: list[tuple[bytes, bytes]],
         downstream: Downstream,
         outcome: Outcome,
+        sent_at: float,
     ) -> None:
         request = self._client.build_request(
             exchange.method, exchange.url, headers=headers, content=exchange.body
@@ -213,7 +216,9 @@ class Forwarder:
             ) from exc
         try:
             status = response.status_code
-            adjustment = self._limiter.record(trio.current_time(), throttled=status == 429)
+            adjustment = self._limiter.record(
+                trio.current_time(), throttled=status == 429, sent_at=sent_at
+            )
             if adjustment is not None:
                 report_adjustment(self._metrics, adjustment)
             if status == 429:

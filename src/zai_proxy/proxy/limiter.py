@@ -8,7 +8,10 @@ Using it::
 
     ticket = limiter.reserve(trio.current_time())   # None: the wait would pass max_wait
     try:
-        while (wait := limiter.delay(trio.current_time(), ticket)) > 0:
+        while True:
+            wait = limiter.delay(trio.current_time(), ticket)   # 0.0: go now
+            if wait == 0:
+                break
             await trio.sleep(wait)
     except trio.Cancelled:
         limiter.cancel(trio.current_time(), ticket)

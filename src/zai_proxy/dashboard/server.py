@@ -1,0 +1,224 @@
+"""The dashboard branch of the nursery tree.
+
+```
+serve_dashboard
+├─ hypercorn serving the app (until `stop`; SSE streams are ended by `hub.close()`)
+├─ scrape task per target (supervised) --snapshots--> broadcast: hub.publish + store.insert
+└─ downsample / purge task, every 10 minutes (supervised)
+```
+On `stop`: the hub closes every SSE stream, hypercorn drains what is left (at most
+GRACEFUL_TIMEOUT), then the scrape, broadcast and maintenance tasks are cancelled and
+the database is closed.  quart-trio does not set `app.shutdown_event` on shutdown, which
+is why the streams are ended from `stop` here and not from the app.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import httpx
+import trio
+from hypercorn.trio import serve
+from quart_trio import QuartTrio
+
+from ..proxy.server import hypercorn_config
+from ..settings import DashboardSettings
+from ..supervisor import supervised, tune_runtime
+from .app import DashboardStats, create_app
+from .collector import Collector, ScrapeLoop, fetch_metrics, without_userinfo
+from .hub import Hub
+from .snapshot import Snapshot
+from .store import AsyncStore, run_maintenance
+
+__all__ = ["GRACEFUL_TIMEOUT", "RunningDashboard", "serve_app", "serve_dashboard"]
+
+log = logging.getLogger("zai_proxy.dashboard")
+
+GRACEFUL_TIMEOUT = 5.0
+_SNAPSHOT_QUEUE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class RunningDashboard:
+    app: QuartTrio
+    hub: Hub
+    store: AsyncStore
+    collector: Collector
+    stats: DashboardStats
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+async def serve_app(
+    app: QuartTrio,
+    hub: Hub,
+    host: str,
+    port: int,
+    stop: trio.Event,
+    *,
+    graceful_timeout: float = GRACEFUL_TIMEOUT,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `app` until `stop`; started() with the bound port."""
+    config = hypercorn_config(host, port, graceful_timeout)
+
+    async def end_streams() -> None:
+        await stop.wait()
+        hub.close()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(end_streams)
+        binds: list[str] = await nursery.start(
+            partial(serve, app, config, shutdown_trigger=stop.wait)
+        )
+        task_status.started(int(binds[0].rsplit(":", 1)[1]))
+
+
+async def _broadcast(
+    receive: trio.MemoryReceiveChannel[Snapshot],
+    hub: Hub,
+    store: AsyncStore,
+    stats: DashboardStats,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Each snapshot to the SSE clients, then to the database."""
+    task_status.started()
+    async for snapshot in receive:
+        # Pushed first: the page should not wait on the disk.
+        hub.publish(snapshot)
+        try:
+            await store.insert(snapshot)
+        except sqlite3.Error as exc:
+            stats.store_errors += 1
+            log.error(
+                "could not store a snapshot",
+                extra={"variant": snapshot.variant, "ts": snapshot.ts, "error": str(exc)},
+            )
+
+
+async def serve_dashboard(
+    settings: DashboardSettings,
+    stop: trio.Event,
+    *,
+    now: Callable[[], float] = time.time,
+    task_status: trio.TaskStatus[RunningDashboard] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the dashboard until `stop` is set.
+
+    Raises `StoreError` (a `SettingsError` naming DB_PATH) before starting if the database
+    cannot be used.
+    """
+    store = await AsyncStore.open(
+        settings.db_path, retention_5s=settings.retention_5s, retention_1m=settings.retention_1m
+    )
+    try:
+        await _run(settings, stop, store, now, task_status)
+    finally:
+        await store.aclose()
+
+
+async def _run(
+    settings: DashboardSettings,
+    stop: trio.Event,
+    store: AsyncStore,
+    now: Callable[[], float],
+    task_status: trio.TaskStatus[RunningDashboard],
+) -> None:
+    collector = Collector(
+        settings.scrape_targets, interval=settings.scrape_interval, epoch_ts=now()
+    )
+    hub = Hub(scrape_interval=settings.scrape_interval, variants=collector.variants())
+    hub.seed(await store.latest())
+    stats = DashboardStats()
+    app = create_app(
+        settings=settings, collector=collector, hub=hub, store=store, stats=stats, now=now
+    )
+    send, receive = trio.open_memory_channel[Snapshot](_SNAPSHOT_QUEUE)
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.scrape_timeout),
+        limits=httpx.Limits(
+            max_connections=2 * len(settings.scrape_targets),
+            max_keepalive_connections=len(settings.scrape_targets),
+        ),
+        follow_redirects=False,
+        # A scrape goes straight to the target: no proxy or .netrc from the environment.
+        trust_env=False,
+    )
+    loop = ScrapeLoop(
+        collector,
+        fetch=partial(fetch_metrics, client),
+        emit=send.send,
+        timeout=settings.scrape_timeout,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                supervised(
+                    "broadcast",
+                    partial(_broadcast, receive, hub, store, stats),
+                    on_crash=stats.restarted,
+                )
+            )
+            for url in settings.scrape_targets:
+                name = f"scrape {without_userinfo(url)}"
+                task = partial(loop.run_target, url)
+                await nursery.start(supervised(name, task, on_crash=stats.restarted))
+            await nursery.start(
+                supervised(
+                    "store maintenance",
+                    partial(run_maintenance, store, now=now),
+                    on_crash=stats.restarted,
+                )
+            )
+
+            async def serve_http(*, task_status: trio.TaskStatus[int]) -> None:
+                await serve_app(
+                    app,
+                    hub,
+                    settings.listen_host,
+                    settings.listen_port,
+                    stop,
+                    task_status=task_status,
+                )
+                nursery.cancel_scope.cancel()
+
+            port: int = await nursery.start(serve_http)
+            host = (
+                settings.listen_host
+                if settings.listen_host not in ("0.0.0.0", "::")
+                else "127.0.0.1"
+            )
+            log.info(
+                "dashboard listening",
+                extra={
+                    "url": f"http://{host}:{port}",
+                    "targets": [without_userinfo(u) for u in settings.scrape_targets],
+                    "scrape_interval_s": settings.scrape_interval,
+                    "db_path": settings.db_path,
+                },
+            )
+            tune_runtime()
+            task_status.started(
+                RunningDashboard(
+                    app=app,
+                    hub=hub,
+                    store=store,
+                    collector=collector,
+                    stats=stats,
+                    host=host,
+                    port=port,
+                )
+            )
+    finally:
+        with trio.move_on_after(2, shield=True):
+            await client.aclose()

@@ -1,0 +1,486 @@
+"""The collector's maths on hand-built expositions, its tick bookkeeping, and its schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+import trio
+import trio.testing
+from prometheus_client import generate_latest
+
+from zai_proxy.dashboard.collector import (
+    Collector,
+    ScrapeError,
+    ScrapeLoop,
+    infer_variant,
+    without_userinfo,
+)
+from zai_proxy.dashboard.snapshot import Snapshot
+from zai_proxy.proxy.metrics import LiveState, ProxyMetrics
+
+URL = "http://zai-proxy:8080/metrics"
+CANARY_URL = "http://zai-proxy-test:8080/metrics"
+
+
+@dataclass
+class Text:
+    """A proxy-like exposition, built sample by sample and rendered per family."""
+
+    families: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
+    variant: str | None = "production"
+
+    def _labels(self, labels: dict[str, str]) -> str:
+        if self.variant is not None:
+            labels = {**labels, "variant": self.variant}
+        inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        return "{" + inner + "}" if inner else ""
+
+    def _add(self, family: str, kind: str, line: str) -> Text:
+        self.families.setdefault(family, (kind, []))[1].append(line)
+        return self
+
+    def counter(self, name: str, value: float, **labels: str) -> Text:
+        return self._add(name, "counter", f"{name}_total{self._labels(labels)} {value}")
+
+    def gauge(self, name: str, value: float, **labels: str) -> Text:
+        return self._add(name, "gauge", f"{name}{self._labels(labels)} {value}")
+
+    def histogram(
+        self, name: str, buckets: dict[float, float], total: float, **labels: str
+    ) -> Text:
+        for bound, count in sorted(buckets.items()):
+            le = "+Inf" if math.isinf(bound) else repr(bound)
+            self._add(
+                name, "histogram", f"{name}_bucket{self._labels({**labels, 'le': le})} {count}"
+            )
+        self._add(name, "histogram", f"{name}_count{self._labels(labels)} {buckets[math.inf]}")
+        return self._add(name, "histogram", f"{name}_sum{self._labels(labels)} {total}")
+
+    def requests(self, status: str, value: float) -> Text:
+        return self.counter(
+            "zai_proxy_requests", value, method="POST", path="/v1/messages", status_code=status
+        )
+
+    def tokens(
+        self, direction: str, value: float, model: str = "glm-4.6", tier: str = "standard"
+    ) -> Text:
+        return self.counter(
+            "zai_proxy_tokens", value, direction=direction, model=model, pricing_tier=tier
+        )
+
+    def __str__(self) -> str:
+        out: list[str] = []
+        for family, (kind, lines) in self.families.items():
+            out.append(f"# TYPE {family} {kind}")
+            out.extend(lines)
+        return "\n".join(out) + "\n"
+
+
+def two_scrapes(before: Text, after: Text, *, seconds: float = 5.0, url: str = URL) -> Snapshot:
+    collector = Collector([url], interval=seconds, epoch_ts=1000.0)
+    assert collector.observe(url, 0, at=0.0, text=str(before)) == []
+    (snapshot,) = collector.observe(url, 1, at=seconds, text=str(after))
+    return snapshot
+
+
+# --------------------------------------------------------------------------- rates
+
+
+def test_request_rate_error_rate_and_status_rates_come_from_counter_deltas() -> None:
+    before = Text().requests("200", 100).requests("500", 10)
+    after = Text().requests("200", 150).requests("500", 20)
+    snapshot = two_scrapes(before, after)
+    assert snapshot.req_rate == pytest.approx(12.0)
+    assert snapshot.error_rate_pct == pytest.approx(100 * 10 / 60)
+    assert snapshot.status_code_rates == pytest.approx({"200": 10.0, "500": 2.0})
+    assert snapshot.interval_s == 5.0 and snapshot.ts == 1005.0
+
+
+def test_token_rates_and_totals_for_all_four_directions_sum_models_and_tiers() -> None:
+    before = Text()
+    after = Text()
+    for direction, amount in [
+        ("input", 100),
+        ("output", 50),
+        ("cache_read", 30),
+        ("cache_write", 5),
+    ]:
+        before.tokens(direction, 1000).tokens(direction, 0, model="glm-4.5", tier="peak")
+        after.tokens(direction, 1000 + amount).tokens(
+            direction, amount, model="glm-4.5", tier="peak"
+        )
+    snapshot = two_scrapes(before, after)
+    assert (snapshot.tokens_in, snapshot.tokens_out) == (200, 100)
+    assert (snapshot.tokens_cache_read, snapshot.tokens_cache_write) == (60, 10)
+    assert snapshot.token_rate_in == pytest.approx(40.0)
+    assert snapshot.token_rate_out == pytest.approx(20.0)
+    assert snapshot.token_rate_cache_read == pytest.approx(12.0)
+    assert snapshot.token_rate_cache_write == pytest.approx(2.0)
+
+
+def test_counter_reset_restarts_the_delta_and_never_goes_negative() -> None:
+    before = Text().requests("200", 1000).tokens("input", 50_000)
+    after = Text().requests("200", 30).tokens("input", 400)  # the proxy restarted
+    snapshot = two_scrapes(before, after)
+    assert snapshot.req_rate == pytest.approx(6.0)
+    assert snapshot.tokens_in == 400
+    assert snapshot.token_rate_in == pytest.approx(80.0)
+
+
+DURATION = "zai_proxy_request_duration_seconds"
+
+
+def test_latency_quantiles_come_from_bucket_deltas() -> None:
+    # Deltas: (0.1: 10, 0.5: 30, 1: 40, +Inf: 40), the worked example: p50 0.3 s,
+    # p95 0.9 s, p99 0.98 s.  The earlier counts must not leak into the result.
+    labels = {"method": "POST", "path": "/v1/messages", "status_code": "200"}
+    before = Text().histogram(DURATION, {0.1: 500, 0.5: 500, 1.0: 500, math.inf: 500}, 10, **labels)
+    after = Text().histogram(DURATION, {0.1: 510, 0.5: 530, 1.0: 540, math.inf: 540}, 30, **labels)
+    snapshot = two_scrapes(before, after)
+    assert snapshot.latency_p50_ms == pytest.approx(300.0)
+    assert snapshot.latency_p95_ms == pytest.approx(900.0)
+    assert snapshot.latency_p99_ms == pytest.approx(980.0)
+
+
+def test_latency_buckets_are_summed_across_label_sets() -> None:
+    ok = {"method": "POST", "path": "/v1/messages", "status_code": "200"}
+    failed = {**ok, "status_code": "500"}
+    before = (
+        Text()
+        .histogram(DURATION, {0.1: 0, 0.5: 0, 1.0: 0, math.inf: 0}, 0, **ok)
+        .histogram(DURATION, {0.1: 0, 0.5: 0, 1.0: 0, math.inf: 0}, 0, **failed)
+    )
+    after = (
+        Text()
+        .histogram(DURATION, {0.1: 10, 0.5: 20, 1.0: 20, math.inf: 20}, 0, **ok)
+        .histogram(DURATION, {0.1: 0, 0.5: 10, 1.0: 20, math.inf: 20}, 0, **failed)
+    )
+    # Summed: (0.1: 10, 0.5: 30, 1: 40, +Inf: 40).
+    assert two_scrapes(before, after).latency_p95_ms == pytest.approx(900.0)
+
+
+def test_an_interval_without_traffic_has_null_ratios_and_zero_rates() -> None:
+    labels = {"method": "POST", "path": "/v1/messages", "status_code": "200"}
+    text = (
+        Text()
+        .requests("200", 100)
+        .tokens("input", 1000)
+        .histogram(DURATION, {0.1: 50, math.inf: 100}, 20, **labels)
+        .histogram("zai_proxy_request_size_bytes", {100.0: 10, math.inf: 100}, 9000)
+    )
+    snapshot = two_scrapes(text, text)
+    assert snapshot.req_rate == 0.0 and snapshot.token_rate_in == 0.0
+    assert snapshot.error_rate_pct is None
+    assert (snapshot.latency_p50_ms, snapshot.latency_p95_ms, snapshot.latency_p99_ms) == (
+        None,
+        None,
+        None,
+    )
+    assert snapshot.request_size_avg is None and snapshot.response_size_avg is None
+
+
+def test_missing_counters_count_as_zero_and_missing_gauges_are_null() -> None:
+    text = Text().gauge("zai_proxy_max_workers", 10)
+    snapshot = two_scrapes(text, text)
+    assert snapshot.req_rate == 0.0
+    assert snapshot.tokens_in == 0.0 and snapshot.token_rate_cache_write == 0.0
+    assert snapshot.rejections == 0.0 and snapshot.rate_limit_adj_probe == 0.0
+    assert snapshot.status_code_rates == {}
+    assert snapshot.max_workers == 10 and snapshot.concurrent is None
+    assert snapshot.worker_utilization is None
+    assert snapshot.rate_limit_rps is None and snapshot.rate_limit_ceiling is None
+
+
+def test_size_averages_are_sum_over_count_deltas() -> None:
+    req = "zai_proxy_request_size_bytes"
+    resp = "zai_proxy_response_size_bytes"
+    before = (
+        Text()
+        .histogram(req, {1e3: 1, math.inf: 1}, 500)
+        .histogram(resp, {1e3: 0, math.inf: 1}, 2000)
+    )
+    after = (
+        Text()
+        .histogram(req, {1e3: 3, math.inf: 5}, 8500)
+        .histogram(resp, {1e3: 0, math.inf: 3}, 2000 + 2 * 4096)
+    )
+    snapshot = two_scrapes(before, after)
+    assert snapshot.request_size_avg == pytest.approx(2000.0)
+    assert snapshot.response_size_avg == pytest.approx(4096.0)
+
+
+def test_limiter_retries_errors_and_rejections() -> None:
+    def text(n: float) -> Text:
+        t = Text()
+        t.gauge("zai_proxy_rate_limit_requests_per_second", 12.5)
+        t.gauge("zai_proxy_rate_limit_ceiling_requests_per_second", 20)
+        t.gauge("zai_proxy_concurrent_requests", 3).gauge("zai_proxy_max_workers", 10)
+        for direction, k in [("increase", 1), ("decrease", 2), ("probe", 0)]:
+            t.counter("zai_proxy_rate_limit_adjustments", k * n, direction=direction)
+        t.counter("zai_proxy_rate_limit_rejections", 4 * n, reason="capacity")
+        t.counter("zai_proxy_rate_limit_rejections", n, reason="rate_limit")
+        t.counter("zai_proxy_retry_attempts", 15 * n, reason="retry")
+        t.counter("zai_proxy_retry_attempts", 10 * n, reason="429")
+        t.counter("zai_proxy_retry_attempts", 5 * n, reason="network_error")
+        t.counter("zai_proxy_upstream_errors", 5 * n, error_type="timeout")
+        return t
+
+    snapshot = two_scrapes(text(1), text(2))
+    assert snapshot.rate_limit_rps == 12.5 and snapshot.rate_limit_ceiling == 20
+    assert snapshot.concurrent == 3 and snapshot.max_workers == 10
+    assert snapshot.worker_utilization == pytest.approx(0.3)
+    assert (
+        snapshot.rate_limit_adj_increase,
+        snapshot.rate_limit_adj_decrease,
+        snapshot.rate_limit_adj_probe,
+    ) == (1, 2, 0)
+    assert snapshot.rejections == 5
+    assert snapshot.rejections_by_reason == {"capacity": 4, "rate_limit": 1}
+    # reason="retry" is the total of the others, so it is left out.
+    assert snapshot.retry_rates == pytest.approx({"429": 2.0, "network_error": 1.0})
+    assert snapshot.upstream_error_rates == pytest.approx({"timeout": 1.0})
+
+
+def test_the_proxys_own_exposition_fills_every_field() -> None:
+    """Guards the metric names against drift: a real ProxyMetrics registry."""
+    state = LiveState(concurrent=2, max_workers=8, rate_limit_rps=7.0, rate_limit_ceiling=None)
+    metrics = ProxyMetrics(variant="canary", live=lambda: state)
+
+    def scrape() -> str:
+        return generate_latest(metrics.registry).decode()
+
+    before = scrape()
+    v = "canary"
+    for status, seconds in [("200", 0.2), ("200", 0.3), ("502", 1.5)]:
+        metrics.requests.labels("POST", "/v1/messages", status, v).inc()
+        metrics.duration.labels("POST", "/v1/messages", status, v).observe(seconds)
+        metrics.response_size.labels("POST", "/v1/messages", status, v).observe(1000)
+    metrics.request_size.labels("POST", "/v1/messages", v).observe(300)
+    for direction in ("input", "output", "cache_read", "cache_write"):
+        metrics.tokens.labels(direction, "glm-4.6", v, "standard").inc(10)
+    metrics.rate_limit_adjustments.labels("decrease", v).inc()
+    metrics.rejection("capacity")
+    metrics.retry("429")
+    metrics.upstream_error("429")
+    collector = Collector([URL], interval=5.0, epoch_ts=0.0)
+    collector.observe(URL, 0, at=0.0, text=before)
+    (snapshot,) = collector.observe(URL, 1, at=5.0, text=scrape())
+    assert snapshot.variant == "canary"  # from the label, though the URL says production
+    assert snapshot.req_rate == pytest.approx(3 / 5)
+    assert snapshot.error_rate_pct == pytest.approx(100 / 3)
+    assert snapshot.latency_p50_ms is not None and snapshot.latency_p99_ms is not None
+    assert snapshot.request_size_avg == 300 and snapshot.response_size_avg == 1000
+    assert snapshot.tokens_in == snapshot.tokens_cache_write == 10
+    assert snapshot.rate_limit_rps == 7.0 and snapshot.rate_limit_ceiling is None
+    assert snapshot.worker_utilization == pytest.approx(0.25)
+    assert snapshot.rate_limit_adj_decrease == 1 and snapshot.rejections == 1
+    assert snapshot.retry_rates["429"] == pytest.approx(0.2)
+    assert snapshot.upstream_error_rates["429"] == pytest.approx(0.2)
+
+
+# --------------------------------------------------------------------------- replicas, variants
+
+
+def test_replicas_of_a_variant_are_summed_into_one_snapshot() -> None:
+    a, b = "http://proxy-a:8080/metrics", "http://proxy-b:8080/metrics"
+    collector = Collector([a, b], interval=5.0, epoch_ts=0.0)
+
+    def text(ok: float, failed: float, concurrent: float, workers: float, rate: float) -> str:
+        t = Text().requests("200", ok).requests("503", failed)
+        t.gauge("zai_proxy_concurrent_requests", concurrent).gauge("zai_proxy_max_workers", workers)
+        return str(t.gauge("zai_proxy_rate_limit_requests_per_second", rate))
+
+    assert collector.observe(a, 0, at=0.0, text=text(0, 0, 0, 10, 5)) == []
+    assert collector.observe(b, 0, at=0.1, text=text(0, 0, 0, 30, 5)) == []
+    assert collector.observe(a, 1, at=5.0, text=text(50, 0, 1, 10, 5)) == []  # b not yet in
+    # b's scrape came 0.1 s late both times: its own interval is still 5 s.
+    (snapshot,) = collector.observe(b, 1, at=5.1, text=text(0, 25, 9, 30, 6))
+    assert snapshot.targets_up == snapshot.targets_total == 2
+    assert snapshot.req_rate == pytest.approx(10.0 + 5.0)
+    assert snapshot.error_rate_pct == pytest.approx(100 * 25 / 75)
+    assert snapshot.rate_limit_rps == 11
+    assert snapshot.concurrent == 10 and snapshot.max_workers == 40
+    assert snapshot.worker_utilization == pytest.approx(10 / 40)
+
+
+@pytest.mark.parametrize(
+    ("url", "variant"),
+    [
+        ("http://zai-proxy.mcp.svc:8080/metrics", "production"),
+        ("http://zai-proxy-test.mcp.svc:8080/metrics", "canary"),
+        ("http://zai-proxy-canary:8080/metrics", "canary"),
+        ("http://10.0.0.1:8080/metrics?job=Test", "canary"),
+        # Userinfo is not part of the decision.
+        ("http://test:secret@zai-proxy:8080/metrics", "production"),
+    ],
+)
+def test_variant_is_inferred_from_the_url(url: str, variant: str) -> None:
+    assert infer_variant(url) == variant
+
+
+def test_variant_label_wins_over_the_url() -> None:
+    text = Text(variant="production").requests("200", 1)
+    snapshot = two_scrapes(text, text, url=CANARY_URL)
+    assert snapshot.variant == "production"
+
+
+def test_without_a_variant_label_the_url_decides() -> None:
+    text = Text(variant=None).requests("200", 1)
+    assert two_scrapes(text, text, url=CANARY_URL).variant == "canary"
+
+
+def test_userinfo_is_removed_for_display() -> None:
+    assert without_userinfo("http://user:pass@host:9/metrics") == "http://host:9/metrics"
+    assert without_userinfo("http://host/metrics") == "http://host/metrics"
+
+
+# --------------------------------------------------------------------------- ticks
+
+
+def test_first_scrape_only_primes() -> None:
+    collector = Collector([URL], interval=5.0, epoch_ts=0.0)
+    assert collector.observe(URL, 0, at=0.0, text=str(Text().requests("200", 5))) == []
+    status = collector.status()[0]
+    assert status.up and status.scrapes_ok == 1
+
+
+def test_a_variant_with_no_target_up_gets_a_stale_snapshot() -> None:
+    collector = Collector([URL], interval=5.0, epoch_ts=100.0)
+    (snapshot,) = collector.observe(URL, 3, at=15.0, error="ConnectError")
+    assert snapshot.stale and snapshot.ts == 115.0
+    assert snapshot.targets_up == 0 and snapshot.targets_total == 1
+    assert snapshot.req_rate is None and snapshot.interval_s == 0.0
+    status = collector.status()[0]
+    assert not status.up and status.last_error == "ConnectError"
+
+
+def test_unparseable_answer_marks_the_target_down() -> None:
+    collector = Collector([URL], interval=5.0, epoch_ts=0.0)
+    (snapshot,) = collector.observe(URL, 0, at=0.0, text="<html>not metrics</html>")
+    assert snapshot.stale
+    assert "not a Prometheus text exposition" in (collector.status()[0].last_error or "")
+
+
+def test_a_target_that_comes_back_covers_the_gap_without_negative_or_lost_counts() -> None:
+    collector = Collector([URL], interval=5.0, epoch_ts=0.0)
+    collector.observe(URL, 0, at=0.0, text=str(Text().requests("200", 100)))
+    (down,) = collector.observe(URL, 1, at=5.0, error="timeout")
+    assert down.stale
+    (back,) = collector.observe(URL, 2, at=10.0, text=str(Text().requests("200", 200)))
+    assert back.interval_s == 10.0 and back.req_rate == pytest.approx(10.0)
+
+
+def test_one_replica_down_leaves_a_partial_not_stale_snapshot() -> None:
+    a, b = "http://proxy-a/metrics", "http://proxy-b/metrics"
+    collector = Collector([a, b], interval=5.0, epoch_ts=0.0)
+    collector.observe(a, 0, at=0.0, text=str(Text().requests("200", 0)))
+    collector.observe(b, 0, at=0.0, text=str(Text().requests("200", 0)))
+    collector.observe(a, 1, at=5.0, text=str(Text().requests("200", 50)))
+    (snapshot,) = collector.observe(b, 1, at=5.0, error="refused")
+    assert not snapshot.stale
+    assert (snapshot.targets_up, snapshot.targets_total) == (1, 2)
+    assert snapshot.req_rate == pytest.approx(10.0)
+
+
+def test_a_tick_a_target_never_reports_is_closed_by_the_next_one() -> None:
+    a, b = "http://proxy-a/metrics", "http://proxy-b/metrics"
+    collector = Collector([a, b], interval=5.0, epoch_ts=0.0)
+    collector.observe(a, 0, at=0.0, text=str(Text().requests("200", 0)))
+    collector.observe(b, 0, at=0.0, text=str(Text().requests("200", 0)))
+    assert collector.observe(a, 1, at=5.0, text=str(Text().requests("200", 50))) == []
+    # b's task is gone for tick 1; a reporting tick 2 closes tick 1 first.
+    closed, *rest = collector.observe(a, 2, at=10.0, text=str(Text().requests("200", 100)))
+    assert closed.ts == 5.0 and closed.targets_up == 1 and rest == []
+    assert closed.req_rate == pytest.approx(10.0)
+
+
+# --------------------------------------------------------------------------- the schedule
+
+
+class FakeTarget:
+    """A /metrics that counts 10 requests between scrapes, or misbehaves on request."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.requests = 0
+        self.plan: list[Callable[[], str]] = []
+
+    async def fetch(self, url: str) -> str:
+        self.times.append(trio.current_time())
+        if self.plan:
+            return self.plan.pop(0)()
+        self.requests += 10
+        return str(Text().requests("200", self.requests))
+
+
+async def test_scrapes_keep_a_fixed_schedule(autojump_clock: trio.testing.MockClock) -> None:
+    target = FakeTarget()
+    snapshots: list[Snapshot] = []
+
+    async def emit(snapshot: Snapshot) -> None:
+        snapshots.append(snapshot)
+
+    collector = Collector([URL], interval=5.0, epoch_ts=1_000.0)
+    loop = ScrapeLoop(collector, fetch=target.fetch, emit=emit, timeout=3.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(loop.run_target, URL)
+        await trio.sleep(21)
+        nursery.cancel_scope.cancel()
+    assert target.times == [0.0, 5.0, 10.0, 15.0, 20.0]
+    assert [s.ts for s in snapshots] == [1005.0, 1010.0, 1015.0, 1020.0]
+    assert all(s.req_rate == pytest.approx(2.0) for s in snapshots)
+
+
+async def test_a_slow_or_failing_target_is_marked_down_and_the_task_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    snapshots: list[Snapshot] = []
+    times: list[float] = []
+    answers = iter(["timeout", "error", "ok", "ok"])
+    count = 0
+
+    async def fetch(url: str) -> str:
+        nonlocal count
+        times.append(trio.current_time())
+        kind = next(answers)
+        if kind == "timeout":
+            await trio.sleep_forever()
+        if kind == "error":
+            raise ScrapeError("HTTP 500")
+        count += 10
+        return str(Text().requests("200", count))
+
+    async def emit(snapshot: Snapshot) -> None:
+        snapshots.append(snapshot)
+
+    collector = Collector([URL], interval=5.0, epoch_ts=0.0)
+    loop = ScrapeLoop(collector, fetch=fetch, emit=emit, timeout=3.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(loop.run_target, URL)
+        await trio.sleep(16)
+        nursery.cancel_scope.cancel()
+    # The hung scrape was abandoned at 3 s; the next one still came at 5 s.
+    assert times == [0.0, 5.0, 10.0, 15.0]
+    assert [(s.ts, s.stale) for s in snapshots] == [(0.0, True), (5.0, True), (15.0, False)]
+    assert snapshots[-1].req_rate == pytest.approx(2.0)
+    assert collector.status()[0].scrapes_failed == 2
+
+
+def test_a_late_report_is_not_lost_but_joins_the_next_snapshot() -> None:
+    a, b = "http://proxy-a/metrics", "http://proxy-b/metrics"
+    collector = Collector([a, b], interval=5.0, epoch_ts=0.0)
+    collector.observe(a, 0, at=0.0, text=str(Text().requests("200", 0)))
+    collector.observe(b, 0, at=0.0, text=str(Text().requests("200", 0)))
+    collector.observe(a, 1, at=5.0, text=str(Text().requests("200", 50)))
+    # a is at tick 2 before b's tick-1 answer arrives: tick 1 closes without b.
+    (tick_1,) = collector.observe(a, 2, at=10.0, text=str(Text().requests("200", 100)))
+    assert tick_1.req_rate == pytest.approx(10.0)
+    assert collector.observe(b, 1, at=9.0, text=str(Text().requests("200", 90))) == []
+    (tick_2,) = collector.observe(b, 2, at=10.0, text=str(Text().requests("200", 100)))
+    # a's 50 in 5 s, and b's 90 + 10 over its two intervals (9 s + 1 s): every request
+    # counted once.
+    assert tick_2.req_rate == pytest.approx(10.0 + 10.0)
+    assert tick_2.interval_s == pytest.approx(7.5)

@@ -1,0 +1,192 @@
+"""Prometheus text maths: parsing, counter increases with resets, histogram_quantile."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_tool
+from zai_proxy.dashboard.promparse import histogram_quantile, increases, parse
+
+INF = math.inf
+
+EXPOSITION = """\
+# HELP zai_proxy_requests_total Requests handled.
+# TYPE zai_proxy_requests_total counter
+zai_proxy_requests_total{method="POST",path="/v1/messages",status_code="200",variant="canary"} 12.0
+# HELP zai_proxy_request_duration_seconds Time.
+# TYPE zai_proxy_request_duration_seconds histogram
+zai_proxy_request_duration_seconds_bucket{le="0.1",method="POST",status_code="200"} 3.0
+zai_proxy_request_duration_seconds_bucket{le="+Inf",method="POST",status_code="200"} 5.0
+zai_proxy_request_duration_seconds_count{method="POST",status_code="200"} 5.0
+zai_proxy_request_duration_seconds_sum{method="POST",status_code="200"} 1.5
+zai_proxy_request_duration_seconds_created{method="POST",status_code="200"} 1.7e9
+# HELP zai_proxy_concurrent_requests In flight.
+# TYPE zai_proxy_concurrent_requests gauge
+zai_proxy_concurrent_requests{variant="canary"} 2.0
+"""
+
+
+def test_parse_sorts_counters_and_gauges() -> None:
+    exposition = parse(EXPOSITION)
+    names = {name for name, _ in exposition.counters}
+    assert names == {
+        "zai_proxy_requests_total",
+        "zai_proxy_request_duration_seconds_bucket",
+        "zai_proxy_request_duration_seconds_count",
+        "zai_proxy_request_duration_seconds_sum",
+    }
+    assert {name for name, _ in exposition.gauges} == {"zai_proxy_concurrent_requests"}
+    assert exposition.label_values("variant") == ["canary"]
+
+
+def test_parse_groups_a_histograms_samples_for_resets() -> None:
+    exposition = parse(EXPOSITION)
+    groups = {exposition.groups[key] for key in exposition.counters if "duration" in key[0]}
+    assert len(groups) == 1
+
+
+def test_parse_rejects_garbage() -> None:
+    with pytest.raises(ValueError):
+        parse('zai_proxy_requests_total{status_code="200" 12\n')
+
+
+def counter(value: float, status: str = "200") -> str:
+    return (
+        "# TYPE zai_proxy_requests_total counter\n"
+        f'zai_proxy_requests_total{{status_code="{status}"}} {value}\n'
+    )
+
+
+def only(values: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
+    (value,) = values.values()
+    return value
+
+
+def test_increase_is_the_difference() -> None:
+    assert only(increases(parse(counter(10)), parse(counter(25)))) == 15
+
+
+def test_counter_that_went_down_was_reset_and_counts_from_zero() -> None:
+    # PromQL's rule: after a reset the increase is the new value.
+    assert only(increases(parse(counter(100)), parse(counter(7)))) == 7
+
+
+def test_new_series_grew_from_zero() -> None:
+    grown = increases(parse(counter(10)), parse(counter(10) + counter(4, "500").split("\n")[1]))
+    assert sorted(grown.values()) == [0, 4]
+
+
+def histogram(buckets: dict[str, float], total: float) -> str:
+    lines = ["# TYPE d histogram"]
+    lines += [f'd_bucket{{le="{le}"}} {count}' for le, count in buckets.items()]
+    lines += [f"d_count {buckets['+Inf']}", f"d_sum {total}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_histogram_resets_as_a_whole() -> None:
+    # Only the +Inf bucket and the count went down, but the target restarted: every
+    # bucket starts again from zero, or quantiles would mix two lifetimes.
+    before = parse(histogram({"0.1": 5, "1": 8, "+Inf": 10}, 4.0))
+    after = parse(histogram({"0.1": 6, "1": 8, "+Inf": 9}, 3.0))
+    grown = {key[0] + dict(key[1]).get("le", ""): v for key, v in increases(before, after).items()}
+    assert grown == {
+        "d_bucket0.1": 6,
+        "d_bucket1": 8,
+        "d_bucket+Inf": 9,
+        "d_count": 9,
+        "d_sum": 3.0,
+    }
+
+
+# (cumulative buckets, q, expected) worked by hand from PromQL's rules; the promtool test
+# below checks every one against Prometheus's own implementation.
+WORKED: list[tuple[list[tuple[float, float]], float, float]] = [
+    # Linear within the bucket: rank 20 lies 10 into (0.1, 0.5] which holds 20.
+    ([(0.1, 10), (0.5, 30), (1, 40), (INF, 40)], 0.5, 0.3),
+    ([(0.1, 10), (0.5, 30), (1, 40), (INF, 40)], 0.95, 0.9),
+    ([(0.1, 10), (0.5, 30), (1, 40), (INF, 40)], 0.99, 0.98),
+    # The rank falls in the +Inf bucket: the highest finite bound.
+    ([(0.1, 10), (INF, 20)], 0.95, 0.1),
+    ([(0.1, 10), (INF, 20)], 0.25, 0.05),
+    # The lowest bucket starts at 0.
+    ([(0.5, 4), (1, 8), (INF, 8)], 0.25, 0.25),
+    # A lowest bound <= 0 is returned as is.
+    ([(-1, 4), (1, 8), (INF, 8)], 0.25, -1),
+    # Counts that go down with le are made monotonic first.
+    ([(0.1, 10), (0.5, 8), (1, 20), (INF, 20)], 0.5, 0.1),
+    # Exactly on a bucket's cumulative count: that bucket's bound.
+    ([(0.25, 5), (0.5, 10), (INF, 10)], 0.5, 0.25),
+    # Out-of-range q.
+    ([(0.1, 10), (INF, 20)], -0.1, -INF),
+    ([(0.1, 10), (INF, 20)], 1.5, INF),
+    # No observations, one bucket only, no +Inf bucket, 0/0 at q=0: NaN.
+    ([(0.1, 0), (INF, 0)], 0.5, math.nan),
+    ([(INF, 10)], 0.5, math.nan),
+    ([(0.1, 10), (1, 20)], 0.5, math.nan),
+    ([(0.1, 0), (0.5, 4), (INF, 4)], 0.0, math.nan),
+]
+
+
+@pytest.mark.parametrize(("buckets", "q", "expected"), WORKED)
+def test_histogram_quantile_worked_examples(
+    buckets: list[tuple[float, float]], q: float, expected: float
+) -> None:
+    got = histogram_quantile(q, buckets)
+    if math.isnan(expected):
+        assert math.isnan(got)
+    else:
+        assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_histogram_quantile_ignores_bucket_order() -> None:
+    shuffled = [(1.0, 40.0), (INF, 40.0), (0.1, 10.0), (0.5, 30.0)]
+    assert histogram_quantile(0.5, shuffled) == pytest.approx(0.3)
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == INF else repr(bound)
+
+
+def _yaml_value(value: float) -> str:
+    if math.isinf(value):
+        return ".inf" if value > 0 else "-.inf"
+    return repr(value)
+
+
+def test_worked_examples_agree_with_promtool(tmp_path: Path) -> None:
+    """The same table, evaluated by Prometheus's own histogram_quantile: our results must
+    be the very same floats (promtool compares exactly)."""
+    promtool = require_tool("promtool")
+    series: list[str] = []
+    checks: list[str] = []
+    for i, (buckets, q, _) in enumerate(WORKED):
+        expected = histogram_quantile(q, buckets)
+        for bound, count in buckets:
+            series.append(
+                f"      - series: 'h{i}_bucket{{le=\"{_le(bound)}\"}}'\n        values: '{count}'"
+            )
+        # `x == x` drops NaN (NaN != NaN), so a NaN expectation is an empty result.
+        expr = f"histogram_quantile({q}, h{i}_bucket)"
+        samples = (
+            "[]"
+            if math.isnan(expected)
+            else f"\n          - labels: '{{}}'\n            value: {_yaml_value(expected)}"
+        )
+        checks.append(
+            f"      - expr: '{expr} == {expr}'\n        eval_time: 0m\n"
+            f"        exp_samples: {samples}"
+        )
+    text = (
+        "rule_files: []\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n"
+        "    input_series:\n" + "\n".join(series) + "\n    promql_expr_test:\n" + "\n".join(checks)
+    )
+    path = tmp_path / "quantiles_test.yml"
+    path.write_text(text + "\n")
+    result = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,220 @@
+"""The SQLite history: WAL, downsampling, retention, range selection, continuity, and
+what happens with a broken or unwritable file."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from zai_proxy.dashboard.snapshot import Snapshot
+from zai_proxy.dashboard.store import Store, StoreError, run_maintenance
+from zai_proxy.errors import SettingsError
+
+DAY = 24 * 3600.0
+WEEK = 7 * DAY
+# A minute boundary, so minute arithmetic in the tests stays readable.
+NOW = 1_800_000_000.0
+
+
+def snap(ts: float, variant: str = "production", **values: object) -> Snapshot:
+    base: dict[str, object] = {
+        "ts": ts,
+        "variant": variant,
+        "interval_s": 5.0,
+        "targets_up": 1,
+        "targets_total": 1,
+        "req_rate": 1.0,
+        "tokens_in": 10.0,
+    }
+    base.update(values)
+    return Snapshot(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store(str(tmp_path / "dashboard.db"), retention_5s=DAY, retention_1m=WEEK)
+    yield opened
+    opened.close()
+
+
+def test_the_database_is_in_wal_mode(store: Store) -> None:
+    assert store.journal_mode() == "wal"
+    other = sqlite3.connect(store.path)
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    other.close()
+
+
+def test_snapshots_come_back_oldest_first_and_filtered_by_variant(store: Store) -> None:
+    for i in range(3):
+        store.insert(snap(NOW - 10 + 5 * i, req_rate=float(i)))
+        store.insert(snap(NOW - 10 + 5 * i, "canary", req_rate=float(10 + i)))
+    everything = store.query(300, "all", NOW)
+    assert [(s.ts, s.variant) for s in everything][:2] == [
+        (NOW - 10, "canary"),
+        (NOW - 10, "production"),
+    ]
+    assert [s.req_rate for s in store.query(300, "canary", NOW)] == [10.0, 11.0, 12.0]
+    assert store.query_json(300, "production", NOW).startswith(b'[{"ts":')
+    assert store.latest()["canary"].req_rate == 12.0
+
+
+def test_downsampling_averages_each_finished_minute(store: Store) -> None:
+    minute = NOW - 120
+    for i in range(12):
+        store.insert(snap(minute + 5 * i, req_rate=float(i % 2) * 4.0, tokens_in=10.0))
+    store.insert(snap(NOW + 10))  # the current minute: not finished, not downsampled
+    assert store.downsample(NOW + 30) == 1
+    rows = store._db.execute("SELECT ts, data FROM metrics_1m").fetchall()
+    assert len(rows) == 1 and rows[0][0] == minute
+    averaged = Snapshot.from_json(rows[0][1])
+    assert averaged.req_rate == pytest.approx(2.0)
+    assert averaged.tokens_in == 120.0
+    assert averaged.interval_s == 60.0
+
+
+def test_downsampling_twice_changes_nothing(store: Store) -> None:
+    for i in range(24):
+        store.insert(snap(NOW - 180 + 5 * i))
+    store.downsample(NOW)
+    first = store._db.execute("SELECT * FROM metrics_1m ORDER BY ts").fetchall()
+    store.downsample(NOW)
+    assert store._db.execute("SELECT * FROM metrics_1m ORDER BY ts").fetchall() == first
+
+
+def test_purge_drops_rows_past_their_retention(store: Store) -> None:
+    store.insert(snap(NOW - DAY - 60))
+    store.insert(snap(NOW - DAY + 60))
+    store.insert_many([snap(NOW - WEEK - 60), snap(NOW - WEEK + 60)], table="metrics_1m")
+    assert store.purge(NOW) == (1, 1)
+    assert store.count("metrics_5s") == 1 and store.count("metrics_1m") == 1
+
+
+def test_maintenance_downsamples_before_it_purges(store: Store) -> None:
+    # Rows about to fall out of the 5 s table still make it into the 1 min table.
+    for i in range(12):
+        store.insert(snap(NOW - DAY - 120 + 5 * i))
+    result = store.maintain(NOW)
+    assert result.minutes == 1 and result.purged_5s == 12
+    assert store.count("metrics_1m") == 1
+
+
+def test_an_hour_or_less_reads_the_5s_table_and_longer_the_1m_table(store: Store) -> None:
+    store.insert(snap(NOW - 600, req_rate=5.0))
+    store.insert_many([snap(NOW - 1200, req_rate=60.0)], table="metrics_1m")
+    store.insert_many([snap(NOW - 540, req_rate=60.0)], table="metrics_1m")
+    assert [s.req_rate for s in store.query(3600, "all", NOW)] == [5.0]
+    long = [s.req_rate for s in store.query(6 * 3600, "all", NOW)]
+    # The 1 min rows, then the minute made on the fly from the 5 s row after them.
+    assert long[:2] == [60.0, 60.0]
+
+
+def test_a_long_range_runs_up_to_now_before_downsampling_catches_up(store: Store) -> None:
+    # 30 minutes of 5 s rows; downsampling last ran 10 minutes ago.
+    start = NOW - 1800
+    for i in range(360):
+        store.insert(snap(start + 5 * i, req_rate=float(i // 12)))
+    store.downsample(NOW - 600)
+    rows = store.query(6 * 3600, "production", NOW)
+    minutes = [s.ts for s in rows]
+    assert minutes == [start + 60 * m for m in range(30)]  # no gap, up to now
+    assert [s.req_rate for s in rows] == [float(m) for m in range(30)]
+    # Right after a fresh start nothing is downsampled at all: still continuous.
+    assert len(store.query(24 * 3600, "all", NOW)) == 30
+
+
+def test_variant_all_merges_both_variants_in_time_order(store: Store) -> None:
+    for i in range(36):
+        store.insert(snap(NOW - 180 + 5 * i))
+        store.insert(snap(NOW - 180 + 5 * i, "canary"))
+    store.downsample(NOW - 60)
+    rows = store.query(7 * DAY, "all", NOW)
+    keys = [(s.ts, s.variant) for s in rows]
+    assert keys == sorted(keys) and len(keys) == 6
+
+
+def test_a_file_that_is_not_a_database_is_moved_aside_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "dashboard.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with caplog.at_level(logging.WARNING, logger="zai_proxy.dashboard.store"):
+        store = Store(str(path), retention_5s=DAY, retention_1m=WEEK)
+    try:
+        assert store.moved_aside is not None
+        assert Path(store.moved_aside).read_bytes() == b"this is not sqlite" * 100
+        assert any("moved aside" in r.getMessage() for r in caplog.records)
+        store.insert(snap(NOW))
+        assert store.count() == 1
+    finally:
+        store.close()
+
+
+def test_a_damaged_database_is_moved_aside_not_silently_reused(tmp_path: Path) -> None:
+    path = tmp_path / "dashboard.db"
+    store = Store(str(path), retention_5s=DAY, retention_1m=WEEK)
+    store.insert_many(snap(NOW - 5 * i) for i in range(2000))
+    store.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    # Scribble over the middle of the file, page headers and all.
+    middle = (len(data) // page // 2) * page
+    data[middle : middle + 3 * page] = b"\xff" * (3 * page)
+    path.write_bytes(bytes(data))
+    store = Store(str(path), retention_5s=DAY, retention_1m=WEEK)
+    try:
+        assert store.moved_aside is not None
+        assert store.count() == 0
+    finally:
+        store.close()
+
+
+def test_a_path_under_a_file_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(StoreError) as caught:
+        Store(str(blocker / "dashboard.db"), retention_5s=DAY, retention_1m=WEEK)
+    message = str(caught.value)
+    assert message.startswith("DB_PATH=") and "dashboard.db" in message
+    assert "part of its directory path is a file" in message
+    assert "\n" not in message
+    assert isinstance(caught.value, SettingsError)
+
+
+def test_a_directory_as_the_path_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="DB_PATH=.*directory"):
+        Store(str(tmp_path), retention_5s=DAY, retention_1m=WEEK)
+
+
+def test_the_directory_is_created_when_missing(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "a" / "b" / "d.db"), retention_5s=DAY, retention_1m=WEEK)
+    store.close()
+    assert (tmp_path / "a" / "b" / "d.db").is_file()
+
+
+class RecordingStore:
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, float]] = []
+
+    async def maintain(self, now: float) -> None:
+        self.calls.append((trio.current_time(), now))
+
+
+async def test_maintenance_runs_at_start_then_every_ten_minutes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = RecordingStore()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda *, task_status: run_maintenance(
+                store, now=lambda: NOW + trio.current_time(), task_status=task_status
+            )
+        )
+        await trio.sleep(1900)
+        nursery.cancel_scope.cancel()
+    assert store.calls == [(t, NOW + t) for t in (0.0, 600.0, 1200.0, 1800.0)]

@@ -1,0 +1,474 @@
+"""The adaptive limiter: its bucket, its rules, and a trio task loop around it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+import trio
+
+from zai_proxy.proxy.limiter import AdaptiveLimiter, Adjustment, LimiterConfig, Ticket
+
+# Mid-window decisions off, small windows: each rule test judges one window at a time.
+WINDOWED = LimiterConfig(initial=10.0, window=10.0, measure_time=0.0, min_answers=10)
+
+
+def limiter(**changes: Any) -> AdaptiveLimiter:
+    return AdaptiveLimiter(dataclasses.replace(WINDOWED, **changes), now=0.0)
+
+
+def take(lim: AdaptiveLimiter, now: float) -> Ticket:
+    ticket = lim.reserve(now)
+    assert ticket is not None
+    return ticket
+
+
+def send(lim: AdaptiveLimiter, start: float, count: int) -> None:
+    """Queue `count` attempts at `start` and let each go when its turn comes."""
+    tickets = [take(lim, start) for _ in range(count)]
+    for ticket in tickets:
+        assert lim.delay(start + ticket.wait, ticket) == 0.0
+
+
+def answer(lim: AdaptiveLimiter, now: float, ok: int, throttled: int) -> None:
+    for _ in range(throttled):
+        assert lim.record(now, throttled=True) is None
+    for _ in range(ok):
+        assert lim.record(now, throttled=False) is None
+
+
+def window(lim: AdaptiveLimiter, start: float, sends: int, ok: int, throttled: int) -> Adjustment:
+    """One window of `lim.config.window` seconds: sends, answers, then the judgement."""
+    send(lim, start, sends)
+    end = start + lim.config.window
+    answer(lim, end, ok, throttled)
+    adjustment = lim.adjust(end)
+    assert adjustment is not None
+    return adjustment
+
+
+def throttled_to_ceiling_9(lim: AdaptiveLimiter) -> None:
+    """From the initial 10 req/s: 10 of 100 answers throttled, so 9 req/s were admitted."""
+    window(lim, 0.0, sends=100, ok=90, throttled=10)
+    assert lim.ceiling == 9.0
+
+
+# ---------------------------------------------------------------------------- the bucket
+
+
+def test_tickets_are_paced_one_token_apart() -> None:
+    lim = limiter(initial=4.0)
+    assert [take(lim, 0.0).wait for _ in range(4)] == [0.0, 0.25, 0.5, 0.75]
+
+
+def test_burst_lets_that_many_through_at_once() -> None:
+    lim = limiter(initial=4.0, burst=3.0)
+    assert [take(lim, 0.0).wait for _ in range(4)] == [0.0, 0.0, 0.0, 0.25]
+
+
+def test_reserve_past_max_wait_returns_none_and_takes_nothing() -> None:
+    lim = limiter(initial=4.0)
+    waits = [take(lim, 0.0).wait for _ in range(5)]
+    assert waits[-1] == 1.0
+    assert lim.reserve(0.0, max_wait=1.0) is None
+    assert lim.queued == 5
+    assert take(lim, 0.0).wait == 1.25
+
+
+def test_reserve_uses_config_max_wait_by_default() -> None:
+    lim = limiter(initial=4.0, max_wait=0.5)
+    assert [take(lim, 0.0).wait for _ in range(3)] == [0.0, 0.25, 0.5]
+    assert lim.reserve(0.0) is None
+
+
+def test_retry_after_is_the_wait_a_new_caller_would_get() -> None:
+    lim = limiter(initial=4.0)
+    assert lim.retry_after(0.0) == 0.0
+    for _ in range(5):
+        take(lim, 0.0)
+    assert lim.retry_after(0.0) == 1.25
+    assert lim.retry_after(1.0) == 0.25
+
+
+def test_delay_is_zero_once_the_turn_has_come() -> None:
+    lim = limiter(initial=4.0)
+    first, second = take(lim, 0.0), take(lim, 0.0)
+    assert lim.delay(0.0, first) == 0.0
+    assert lim.delay(0.0, second) == 0.25
+    assert lim.delay(0.25, second) == 0.0
+    assert lim.queued == 0
+
+
+def test_delay_never_asks_for_more_than_recheck() -> None:
+    lim = limiter(initial=4.0, recheck=1.0)
+    tickets = [take(lim, 0.0) for _ in range(9)]
+    assert tickets[-1].wait == 2.0
+    assert lim.delay(0.0, tickets[-1]) == 1.0
+    assert lim.delay(1.0, tickets[-1]) == 1.0
+    assert lim.delay(2.0, tickets[-1]) == 0.0
+
+
+def test_queued_tickets_follow_a_rate_drop() -> None:
+    lim = limiter(initial=4.0, search_factor=2.0)
+    window(lim, 0.0, sends=40, ok=40, throttled=0)  # clean and saturated: 4 -> 8 req/s
+    assert lim.rate == 8.0
+    tickets = [take(lim, 10.0) for _ in range(3)]
+    assert [t.wait for t in tickets] == [0.0, 0.125, 0.25]
+    lim.reset(10.0)  # back to 4 req/s: the queue slows down at once
+    assert lim.delay(10.0, tickets[2]) == 0.5
+
+
+def test_cancel_moves_everyone_behind_up_one_turn() -> None:
+    lim = limiter(initial=4.0)
+    first, second, third = take(lim, 0.0), take(lim, 0.0), take(lim, 0.0)
+    assert lim.delay(0.0, first) == 0.0
+    lim.cancel(0.0, second)
+    assert lim.delay(0.0, third) == 0.25
+    assert lim.queued == 1
+
+
+def test_cancel_of_a_spent_ticket_gives_nothing_back() -> None:
+    lim = limiter(initial=4.0)
+    first, second = take(lim, 0.0), take(lim, 0.0)
+    assert lim.delay(0.0, first) == 0.0
+    lim.cancel(0.0, first)
+    lim.cancel(0.0, first)
+    assert lim.delay(0.0, second) == 0.25
+
+
+# ---------------------------------------------------------------------------- the rules
+
+
+def test_throttled_window_takes_admitted_rate_as_ceiling_and_drops_to_hold_point() -> None:
+    lim = limiter()
+    adjustment = window(lim, 0.0, sends=100, ok=90, throttled=10)
+    assert adjustment == Adjustment(
+        at=10.0,
+        direction="decrease",
+        reason="throttled",
+        old_rate=10.0,
+        new_rate=9.0 * 0.98,
+        ceiling=9.0,
+        observed=9.0,
+        throttled_fraction=0.1,
+        answers=100,
+        seconds=10.0,
+    )
+    assert lim.rate == lim.hold_point == 9.0 * 0.98
+
+
+def test_close_observation_moves_ceiling_by_ewma() -> None:
+    lim = limiter(shift_tolerance=0.2)
+    throttled_to_ceiling_9(lim)
+    # 88 sends (8.82 req/s for 10 s), 8 throttled: 8.0 req/s admitted, 11 % below 9.
+    adjustment = window(lim, 10.0, sends=88, ok=80, throttled=8)
+    assert adjustment.observed == 8.0
+    assert lim.ceiling == pytest.approx(0.3 * 8.0 + 0.7 * 9.0)
+    assert lim.rate == pytest.approx(8.0 * 0.98)  # min(ceiling, observation) x 0.98
+
+
+def test_observation_beyond_shift_tolerance_replaces_ceiling() -> None:
+    lim = limiter(shift_tolerance=0.05)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=80, throttled=8)
+    assert lim.ceiling == 8.0
+    assert lim.rate == pytest.approx(8.0 * 0.98)
+
+
+def test_window_between_one_and_five_percent_holds() -> None:
+    lim = limiter()
+    adjustment = window(lim, 0.0, sends=100, ok=97, throttled=3)
+    assert (adjustment.direction, adjustment.reason) == ("hold", "slightly throttled")
+    assert lim.rate == 10.0
+    assert lim.ceiling is None
+
+
+def test_hold_windows_in_a_row_drop_the_rate() -> None:
+    lim = limiter(hold_windows=2)
+    window(lim, 0.0, sends=100, ok=97, throttled=3)
+    adjustment = window(lim, 10.0, sends=100, ok=97, throttled=3)
+    assert (adjustment.direction, adjustment.reason) == ("decrease", "persistently throttled")
+    assert lim.ceiling == 9.7
+    assert lim.rate == pytest.approx(9.7 * 0.98)
+
+
+def test_clean_windows_close_half_the_gap_to_the_hold_point() -> None:
+    lim = limiter(shift_tolerance=0.2, probe_interval=10)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=80, throttled=8)  # rate 7.84, ceiling 8.79
+    hold = (0.3 * 8.0 + 0.7 * 9.0) * 0.98
+    rate = 8.0 * 0.98
+    expected = []
+    for _ in range(3):
+        rate += (hold - rate) / 2
+        expected.append(rate)
+    expected.append(hold)  # the last gap, under 1 % of the hold point, closes at once
+    rates = []
+    for n in range(4):
+        start = 20.0 + 10.0 * n
+        sends = int(lim.rate * 10)
+        adjustment = window(lim, start, sends=sends, ok=sends, throttled=0)
+        assert adjustment.reason == "converge"
+        rates.append(lim.rate)
+    assert rates == pytest.approx(expected)
+    assert rates[-1] == lim.hold_point
+
+
+def test_clean_busy_window_without_ceiling_multiplies_rate() -> None:
+    lim = limiter(search_factor=2.0)
+    adjustment = window(lim, 0.0, sends=100, ok=100, throttled=0)
+    assert (adjustment.direction, adjustment.reason) == ("increase", "search")
+    assert lim.rate == 20.0
+
+
+def test_clean_window_with_idle_demand_changes_nothing() -> None:
+    lim = limiter()
+    adjustment = window(lim, 0.0, sends=50, ok=50, throttled=0)
+    assert (adjustment.direction, adjustment.reason) == ("hold", "idle")
+    assert lim.rate == 10.0
+
+
+def test_window_with_too_few_answers_changes_nothing() -> None:
+    lim = limiter(min_answers=10, probe_interval=3)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=88, throttled=0)
+    assert lim.clean_windows == 1
+    send(lim, 20.0, 88)
+    answer(lim, 30.0, ok=0, throttled=9)
+    assert lim.adjust(30.0) is None
+    assert (lim.rate, lim.ceiling, lim.clean_windows) == (9.0 * 0.98, 9.0, 1)
+
+
+def test_probe_follows_probe_interval_clean_windows() -> None:
+    lim = limiter(probe_interval=2, probe_step=0.08)
+    throttled_to_ceiling_9(lim)
+    first = window(lim, 10.0, sends=88, ok=88, throttled=0)
+    assert (first.reason, lim.clean_windows) == ("steady", 1)
+    second = window(lim, 20.0, sends=88, ok=88, throttled=0)
+    assert (second.direction, second.new_rate) == ("probe", 9.0 * 1.08)
+    assert lim.probing
+
+
+def test_probe_ends_at_probe_abort_429s_back_to_the_rate_before() -> None:
+    lim = limiter(probe_interval=1, probe_abort=3)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=88, throttled=0)
+    assert lim.probing
+    send(lim, 20.0, 50)
+    answer(lim, 25.0, ok=50, throttled=0)
+    assert lim.record(25.0, throttled=True) is None
+    assert lim.record(25.0, throttled=True) is None
+    failed = lim.record(25.0, throttled=True)
+    assert failed is not None
+    assert (failed.direction, failed.reason) == ("decrease", "probe failed")
+    assert (failed.old_rate, failed.new_rate) == (9.0 * 1.08, 9.0 * 0.98)
+    assert (lim.ceiling, lim.probing, lim.clean_windows) == (9.0, False, 0)
+
+
+def test_clean_busy_probe_forgets_ceiling_and_searches_upwards() -> None:
+    lim = limiter(probe_interval=1, search_factor=2.0)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=88, throttled=0)
+    probe_rate = lim.rate
+    adjustment = window(lim, 20.0, sends=97, ok=97, throttled=0)
+    assert (adjustment.direction, adjustment.reason) == ("increase", "probe passed")
+    assert lim.ceiling is None
+    assert lim.rate == probe_rate * 2
+
+
+def test_quiet_probe_returns_to_the_rate_before_and_keeps_the_streak() -> None:
+    lim = limiter(probe_interval=1)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=88, throttled=0)
+    adjustment = window(lim, 20.0, sends=40, ok=40, throttled=0)
+    assert (adjustment.direction, adjustment.reason) == ("decrease", "probe idle")
+    assert (lim.rate, lim.ceiling, lim.clean_windows) == (9.0 * 0.98, 9.0, 1)
+
+
+def test_rate_is_clamped_to_maximum() -> None:
+    lim = limiter(initial=40.0, maximum=50.0)
+    window(lim, 0.0, sends=400, ok=400, throttled=0)
+    assert lim.rate == 50.0
+
+
+def test_rate_is_clamped_to_minimum() -> None:
+    lim = limiter(initial=10.0, minimum=2.0)
+    window(lim, 0.0, sends=100, ok=5, throttled=95)
+    assert lim.ceiling == 2.0  # 0.5 req/s admitted, but never below the minimum
+    assert lim.rate == 2.0
+
+
+def test_reset_restores_the_initial_rate_and_forgets_the_ceiling() -> None:
+    lim = limiter(probe_interval=1)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=88, throttled=0)
+    assert lim.probing
+    lim.reset(20.0)
+    assert (lim.rate, lim.ceiling, lim.hold_point) == (10.0, None, None)
+    assert (lim.probing, lim.clean_windows) == (False, 0)
+
+
+# ---------------------------------------------------------------------------- mid-window
+
+
+def _stream(lim: AdaptiveLimiter, count: int, throttle: set[int], lag: float) -> list[Adjustment]:
+    """Attempt k leaves at k/rate; its answer comes `lag` later, a 429 when k in throttle.
+    Calls reach the limiter in time order, as they would in the proxy, until the first
+    decision (after which the queued turns would move)."""
+    tickets = [take(lim, 0.0) for _ in range(count)]
+    events = []
+    for k, ticket in enumerate(tickets):
+        events.append((ticket.wait, 0, k))
+        events.append((ticket.wait + lag, 1, k))
+    for at, kind, k in sorted(events):
+        if kind == 0:
+            assert lim.delay(at, tickets[k]) == 0.0
+        else:
+            decision = lim.record(at, k in throttle, sent_at=tickets[k].wait)
+            if decision is not None:
+                return [decision]
+    return []
+
+
+def test_throttle_storm_drops_the_rate_mid_window_by_send_time() -> None:
+    lim = limiter(initial=16.0, measure_time=3.0, min_answers=20)
+    # From 1 s on, every other attempt is refused: 8 req/s get through.
+    throttle = {k for k in range(16, 100) if k % 2}
+    [first] = _stream(lim, 100, throttle, lag=0.125)
+    # Opened by attempt 17's 429 (sent 1.0625); judged by the answer at 4.1875, over the
+    # attempts sent from 1.0625 to 4.0625: 49 sends, 25 of them refused, in 3 s.
+    assert (first.at, first.reason, first.observed) == (4.1875, "throttled", 8.0)
+    assert (lim.ceiling, first.new_rate) == (8.0, 8.0 * 0.98)
+
+
+def test_scattered_429s_leave_the_rate_alone() -> None:
+    lim = limiter(initial=16.0, measure_time=3.0, min_answers=20)
+    assert _stream(lim, 100, {20}, lag=0.125) == []
+    assert lim.rate == 16.0
+
+
+def test_answers_sent_before_the_rate_changed_are_ignored() -> None:
+    lim = limiter()
+    throttled_to_ceiling_9(lim)  # the rate changed at 10 s
+    for _ in range(10):
+        assert lim.record(10.0, throttled=True, sent_at=9.9) is None
+    send(lim, 10.0, 88)
+    answer(lim, 20.0, ok=88, throttled=0)
+    adjustment = lim.adjust(20.0)
+    assert adjustment is not None
+    assert (adjustment.throttled_fraction, adjustment.answers) == (0.0, 88)
+
+
+# ---------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"minimum": 0.0},
+        {"minimum": 5.0, "maximum": 4.0},
+        {"initial": 60.0},
+        {"initial": float("nan")},
+        {"ceiling_alpha": 0.0},
+        {"hold_margin": 1.0},
+        {"probe_interval": 0},
+        {"window": 0.0},
+        {"max_wait": -1.0},
+        {"burst": 0.5},
+        {"recheck": 0.0},
+        {"min_answers": 0},
+        {"clean_below": 0.1, "decrease_above": 0.05},
+        {"hold_windows": -1},
+        {"probe_step": 0.0},
+        {"probe_abort": 0},
+        {"search_factor": 1.0},
+        {"measure_time": -1.0},
+        {"shift_tolerance": -0.1},
+        {"saturation": 1.5},
+    ],
+)
+def test_config_rejects_bad_values(changes: dict[str, Any]) -> None:
+    name = next(iter(changes))
+    with pytest.raises(ValueError, match=name):
+        dataclasses.replace(LimiterConfig(), **changes)
+
+
+def test_config_defaults_are_the_seed_settings() -> None:
+    config = LimiterConfig()
+    seed = (10.0, 1.0, 50.0, 0.3, 0.02, 10, 30.0)
+    assert (
+        config.initial,
+        config.minimum,
+        config.maximum,
+        config.ceiling_alpha,
+        config.hold_margin,
+        config.probe_interval,
+        config.window,
+    ) == seed
+
+
+# ---------------------------------------------------------------------------- under trio
+
+
+async def wait_turn(lim: AdaptiveLimiter, ticket: Ticket) -> None:
+    """The proxy's side of a ticket: sleep, then ask again, until the turn has come."""
+    while True:
+        wait = lim.delay(trio.current_time(), ticket)
+        if wait == 0:
+            return
+        await trio.sleep(wait)
+
+
+async def test_trio_tasks_get_their_turns_at_exact_virtual_times(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    lim = AdaptiveLimiter(dataclasses.replace(WINDOWED, initial=4.0), now=trio.current_time())
+    granted: dict[int, float] = {}
+
+    async def attempt(name: int, ticket: Ticket) -> None:
+        await wait_turn(lim, ticket)
+        granted[name] = trio.current_time()
+
+    async with trio.open_nursery() as nursery:
+        for name in range(6):
+            ticket = lim.reserve(trio.current_time())
+            assert ticket is not None
+            nursery.start_soon(attempt, name, ticket)
+        # At 0.3 s the rate halves: attempts still queued take their turns 0.5 s apart.
+        await trio.sleep(0.3)
+        lim.reset(trio.current_time())
+        assert lim.rate == 4.0
+
+    assert granted == {0: 0.0, 1: 0.25, 2: 0.5, 3: 0.75, 4: 1.0, 5: 1.25}
+
+
+async def test_adjust_loop_keeps_its_schedule_on_the_mock_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    lim = AdaptiveLimiter(dataclasses.replace(WINDOWED, initial=4.0), now=trio.current_time())
+    decisions: list[tuple[float, str, float]] = []
+
+    async def adjuster() -> None:
+        tick = trio.current_time()
+        while True:
+            tick += lim.config.window
+            await trio.sleep_until(tick)
+            adjustment = lim.adjust(trio.current_time())
+            if adjustment is not None:
+                decisions.append((adjustment.at, adjustment.reason, adjustment.new_rate))
+
+    async def client() -> None:
+        # Always another attempt waiting, every answer clean: the rate doubles each window.
+        while True:
+            ticket = lim.reserve(trio.current_time())
+            assert ticket is not None
+            await wait_turn(lim, ticket)
+            lim.record(trio.current_time(), throttled=False)
+
+    with trio.move_on_after(35.0):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(adjuster)
+            nursery.start_soon(client)
+
+    assert decisions == [(10.0, "search", 8.0), (20.0, "search", 16.0), (30.0, "search", 32.0)]
