@@ -30,6 +30,7 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/limiter.py
+	$(BIN)/python bench/limiter_e2e.py
 	$(BIN)/python bench/tokens.py
 	$(BIN)/python bench/dashboard.py
 

@@ -32,6 +32,7 @@ PROXY_VARIABLES = {
     "RETRY_BACKOFF_BASE": "first retry delay; doubles each retry (default 1s)",
     "RETRY_AFTER_CAP": "longest upstream Retry-After honoured (default 60s)",
     "TOKEN_COUNTING_ENABLED": "count tokens locally when the upstream reports none (true)",
+    "TOKEN_ACCURACY_SAMPLE": "share of requests also counted locally, for accuracy (0.05)",
     "TOKENIZER_MODEL": "model label when a request names none (default glm-4)",
     "RATE_LIMIT_INITIAL": "starting limiter rate, requests/s (default 10)",
     "RATE_LIMIT_MIN": "lowest limiter rate (default 1)",

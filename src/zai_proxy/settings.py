@@ -209,6 +209,7 @@ class ProxySettings:
     retry_backoff_base: float = 1.0
     retry_after_cap: float = 60.0
     token_counting_enabled: bool = True
+    token_accuracy_sample: float = 0.05
     tokenizer_model: str = "glm-4"
     rate_limit_initial: float = 10.0
     rate_limit_min: float = 1.0
@@ -255,6 +256,9 @@ class ProxySettings:
             retry_backoff_base=read.duration("RETRY_BACKOFF_BASE", "1s"),
             retry_after_cap=read.duration("RETRY_AFTER_CAP", "60s"),
             token_counting_enabled=read.boolean("TOKEN_COUNTING_ENABLED", True),
+            token_accuracy_sample=read.number(
+                "TOKEN_ACCURACY_SAMPLE", 0.05, minimum=0.0, maximum=1.0
+            ),
             tokenizer_model=read.text("TOKENIZER_MODEL", "glm-4") or "glm-4",
             rate_limit_initial=initial,
             rate_limit_min=minimum,

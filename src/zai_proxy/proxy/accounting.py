@@ -27,6 +27,7 @@ log = logging.getLogger("zai_proxy.tokens")
 # Share of requests with API-reported usage that are also counted locally, to keep the
 # "token count accuracy" evaluation running live at a small cost.
 ACCURACY_SAMPLE = 0.05
+GENERATION_ROUTES = frozenset({"/v1/messages", "/v1/chat/completions", "/v1/completions"})
 
 
 class Accountant:
@@ -48,6 +49,7 @@ class Accountant:
     async def account(
         self,
         *,
+        route: str,
         body: bytes,
         style: ApiStyle,
         model: str | None,
@@ -58,7 +60,13 @@ class Accountant:
         try:
             usage = outcome.usage
             if usage is None:
-                if not (200 <= outcome.status < 300) or self._counter is None:
+                # Only generations spend tokens: a count_tokens or models call must not
+                # be billed as input just because it carries no usage block.
+                if (
+                    not (200 <= outcome.status < 300)
+                    or self._counter is None
+                    or route not in GENERATION_ROUTES
+                ):
                     return None
                 usage = await self._count_locally(body, style, outcome)
                 if usage is None:

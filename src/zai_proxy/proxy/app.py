@@ -92,7 +92,12 @@ class ProxyApp:
         )
         self.models = ModelLabels(settings.tokenizer_model)
         self.counter = TokenCounter() if settings.token_counting_enabled else None
-        self.accountant = Accountant(metrics=self.metrics, counter=self.counter, models=self.models)
+        self.accountant = Accountant(
+            metrics=self.metrics,
+            counter=self.counter,
+            models=self.models,
+            sample=settings.token_accuracy_sample,
+        )
         self.client: httpx.AsyncClient | None = None
         self.forwarder: Forwarder | None = None
         self.control = self._control_app()
@@ -286,6 +291,7 @@ class ProxyApp:
             self._finish(method, route, len(body), outcome, started, request_id, model, error)
         if outcome.usage is not None or self.counter is not None:
             await self.accountant.account(
+                route=route,
                 body=body,
                 style=style,
                 model=model,

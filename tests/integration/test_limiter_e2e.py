@@ -1,0 +1,116 @@
+"""The adaptive limiter inside the real proxy, against the simulator's hidden limit.
+
+Everything runs on trio's MockClock (autojump): proxy, simulator and agents share
+virtual time, so minutes of traffic take a second and every wait is exact.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import httpx
+import trio
+import trio.testing
+
+from tests.conftest import StartProxy, StartUpstream
+
+MESSAGE = {"model": "glm-4.6", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def agents(url: str, count: int, until: float, statuses: dict[int, int]) -> None:
+    limits = httpx.Limits(max_connections=count)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+
+        async def agent() -> None:
+            while trio.current_time() < until:
+                response = await client.post(url + "/v1/messages", json=MESSAGE)
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                if response.status_code == 429:
+                    await trio.sleep(float(response.headers.get("retry-after", "1")))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(count):
+                nursery.start_soon(agent)
+
+
+async def test_limiter_learns_the_hidden_limit_and_reset_forgets_it(
+    autojump_clock: trio.testing.MockClock,
+    start_upstream: StartUpstream,
+    start_proxy: StartProxy,
+) -> None:
+    upstream = await start_upstream(hidden_limit=20.0, hidden_limit_burst=20.0, latency=0.5)
+    proxy = await start_proxy(
+        upstream,
+        RATE_LIMIT_INITIAL="40",
+        RATE_LIMIT_MAX="100",
+        RATE_LIMIT_WINDOW="10s",
+        RATE_LIMIT_PROBE_INTERVAL="1",
+        MAX_WORKERS="200",
+        RETRY_BACKOFF_BASE="1s",
+    )
+    limiter = proxy.running.app.limiter
+    statuses: dict[int, int] = {}
+    start = trio.current_time()
+    await agents(proxy.url, 60, start + 240, statuses)
+    await proxy.settled()
+
+    # It found the limit: the ceiling estimate sits near 20/s and the rate at or just
+    # under it, after starting at 40.
+    assert limiter.ceiling is not None and 17 <= limiter.ceiling <= 23, limiter.ceiling
+    assert 15 <= limiter.rate <= 23, limiter.rate
+    assert proxy.sample("zai_proxy_rate_limit_adjustments_total", direction="decrease")
+    assert proxy.sample("zai_proxy_rate_limit_requests_per_second") == limiter.rate
+    # Most answers reached the agents as successes; 429s to the upstream stayed few.
+    answered = sum(upstream.status_counts.values())
+    assert upstream.rate_limited / answered < 0.1, (upstream.rate_limited, answered)
+    assert statuses.get(200, 0) > 0.9 * sum(statuses.values())
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(proxy.origin + "/admin/reset-rate-limit")
+    assert response.json() == {"status": "reset", "rate_limit_rps": 40.0, "ceiling": None}
+    assert limiter.rate == 40.0 and limiter.ceiling is None
+
+
+async def test_wait_past_max_wait_gets_429_with_retry_after(
+    autojump_clock: trio.testing.MockClock, start_proxy: StartProxy
+) -> None:
+    proxy = await start_proxy(
+        RATE_LIMIT_INITIAL="1", RATE_LIMIT_MIN="1", RATE_LIMIT_MAX="1", RATE_LIMIT_MAX_WAIT="2s"
+    )
+    results: list[tuple[float, int, str | None, str | None]] = []
+    start = trio.current_time()
+
+    async def send(client: httpx.AsyncClient) -> None:
+        response = await client.post(proxy.url + "/v1/messages", json=MESSAGE)
+        error = (
+            response.json().get("error", {}).get("type") if response.status_code != 200 else None
+        )
+        results.append(
+            (
+                trio.current_time() - start,
+                response.status_code,
+                response.headers.get("retry-after"),
+                error,
+            )
+        )
+
+    async with httpx.AsyncClient(timeout=60) as client, trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(partial(send, client))
+    results.sort()
+    # One token a second, waits of at most 2 s: three go (at 0, 1 and 2 s), two are
+    # turned away at once with the wait they would have had (3 s), rounded up.
+    assert [(t, s) for t, s, _, _ in results] == [
+        (0.0, 200),
+        (0.0, 429),
+        (0.0, 429),
+        (1.0, 200),
+        (2.0, 200),
+    ]
+    rejected = [r for r in results if r[1] == 429]
+    assert all(r[2] == "3" and r[3] == "rate_limit_error" for r in rejected)
+    await proxy.settled()
+    assert proxy.sample("zai_proxy_rate_limit_rejections_total", reason="rate_limit") == 2
+    assert proxy.sample("zai_proxy_rate_limit_wait_seconds_count") == 3
+    assert proxy.sample("zai_proxy_rate_limit_wait_seconds_sum") == math.fsum([0, 1, 2])
