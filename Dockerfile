@@ -3,7 +3,7 @@
 # One image for all three commands:
 #   docker run IMAGE                  -> zai-proxy serve     (needs ZAI_API_KEY)
 #   docker run IMAGE dashboard        -> zai-proxy dashboard (SCRAPE_TARGETS, DB_PATH)
-#   docker run IMAGE demo --host 0.0.0.0
+#   docker run -p 8080-8082:8080-8082 IMAGE demo --host 0.0.0.0   (dashboard, proxy, canary)
 #
 # Build:
 #   docker build \
@@ -77,7 +77,8 @@ COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
-EXPOSE 8080
+# 8080: proxy or dashboard; the demo also uses 8081 (proxy) and 8082 (canary).
+EXPOSE 8080 8081 8082
 
 # No curl in a slim image: the interpreter asks /healthz on the port LISTEN_ADDR names.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \

@@ -113,16 +113,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="run the proxy in front of the built-in simulated upstream",
-        description="Start the simulated upstream and a proxy in front of it, print where "
-        "they are, and run until Ctrl-C (or --duration).",
+        help="run two proxies, the dashboard, a simulated upstream and simulated agents",
+        description="Start the simulated upstream, a production and a canary proxy in "
+        "front of it, the dashboard scraping both and a pool of simulated agents; print "
+        "where they are, and run until Ctrl-C (or --duration).  With ZAI_API_KEY set (and "
+        "no --simulate), run the proxies and the dashboard against ZAI_TARGET_URL instead.",
     )
-    demo.add_argument("--proxy-port", type=int, default=8080, help="proxy port (default 8080)")
+    demo.add_argument("--dashboard-port", type=int, default=8080, help="dashboard (8080; 0: any)")
+    demo.add_argument("--proxy-port", type=int, default=8081, help="production proxy (8081)")
+    demo.add_argument("--canary-port", type=int, default=8082, help="canary proxy (8082)")
     demo.add_argument("--upstream-port", type=int, default=0, help="simulator port (0: any)")
     demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    demo.add_argument("--hidden-limit", type=float, default=20.0, help="simulated limit, req/s")
-    demo.add_argument("--fault-rate", type=float, default=0.02, help="share of faulty answers")
+    demo.add_argument("--agents", type=int, default=12, help="simulated agents (default 12)")
+    demo.add_argument("--no-agents", action="store_true", help="run no simulated agents")
+    demo.add_argument("--hidden-limit", type=float, default=6.0, help="simulated limit, req/s")
+    demo.add_argument("--fault-rate", type=float, default=0.03, help="share of faulty answers")
     demo.add_argument("--duration", type=float, default=None, help="exit after N seconds")
+    demo.add_argument("--db-path", default=None, help="dashboard history (default: temp dir)")
+    demo.add_argument(
+        "--simulate", action="store_true", help="use the simulator even if ZAI_API_KEY is set"
+    )
     return parser
 
 
