@@ -5,7 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck bench clean
+# The page's chart library comes from the npm registry (package-lock.json pins it) and
+# is copied next to the page; the copy is not committed.
+VENDOR := src/zai_proxy/static/vendor
+ASSETS := $(VENDOR)/uPlot.iife.min.js $(VENDOR)/uPlot.min.css
+
+.PHONY: test demo lint typecheck bench clean assets
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,12 +18,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+$(ASSETS) &: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(VENDOR)
+	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css $(VENDOR)/
+
+assets: $(ASSETS)
+
+test: $(STAMP) $(ASSETS)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-demo: $(STAMP)
+demo: $(STAMP) $(ASSETS)
 	$(BIN)/zai-proxy demo
 
 lint: $(STAMP)
@@ -35,4 +47,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/dashboard.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts node_modules $(VENDOR)

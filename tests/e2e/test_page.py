@@ -1,0 +1,462 @@
+"""The dashboard page in a real headless Chromium, against a live sim upstream, two
+proxies (production and canary) and the dashboard service.
+
+Playwright's sync API cannot run inside trio's loop, so the servers run in a background
+thread under their own `trio.run` and the tests drive the browser from the plain pytest
+thread; the few things a test does to the servers go through `trio.from_thread.run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from playwright import sync_api as playwright_sync
+
+from tests.conftest import UPSTREAM_KEY, proxy_env, require_tool
+from zai_proxy.dashboard.server import RunningDashboard, serve_dashboard
+from zai_proxy.dashboard.snapshot import Snapshot
+from zai_proxy.proxy.server import RunningProxy, serve_proxy
+from zai_proxy.settings import DashboardSettings, ProxySettings
+from zai_proxy.sim.upstream import Fault, SimUpstream, UpstreamConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+STATIC = ROOT / "src" / "zai_proxy" / "static"
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+PANELS = ("requests", "latency", "tokens", "concurrency", "limiter", "errors")
+HOSTILE = "<img src=x onerror=window.__pwned=1>"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+WAIT_MS = 15_000
+
+
+def message(stream: bool) -> dict[str, object]:
+    return {
+        "model": "glm-4.6",
+        "max_tokens": 32,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Say hello to the dashboard."}],
+    }
+
+
+class Stack:
+    """Upstream, two proxies, traffic and the dashboard, under trio in a thread."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.token: trio.lowlevel.TrioToken | None = None
+        self.dashboard: RunningDashboard | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="e2e-servers", daemon=True)
+        self._shutdown: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stop_dashboard: trio.Event | None = None
+        self._dashboard_done: trio.Event | None = None
+        self._settings: DashboardSettings | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.dashboard is not None
+        return self.dashboard.url
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(30) or self._failure is not None:
+            raise RuntimeError("the servers did not start") from self._failure
+
+    def close(self) -> None:
+        if self.token is not None and self._shutdown is not None:
+            trio.from_thread.run_sync(self._shutdown.set, trio_token=self.token)
+        self._thread.join(15)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return trio.from_thread.run(fn, *args, trio_token=self.token)
+
+    def _main(self) -> None:
+        try:
+            trio.run(self._serve)
+        except BaseException as exc:  # noqa: BLE001 - reported to the waiting test thread
+            self._failure = exc
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self.token = trio.lowlevel.current_trio_token()
+        self._shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            upstream = SimUpstream(
+                UpstreamConfig(
+                    api_key=UPSTREAM_KEY,
+                    latency=0.005,
+                    stream_gap=0.002,
+                    cache_ratio=0.3,
+                    fault_rate=0.15,
+                    fault_mix=(
+                        (Fault.status(500), 1.0),
+                        (Fault.status(529), 1.0),
+                        (Fault.reset(), 1.0),
+                    ),
+                    seed=7,
+                )
+            )
+            await nursery.start(upstream.serve)
+            proxies: list[RunningProxy] = []
+            for variant in ("production", "canary"):
+                env = proxy_env(upstream, DEPLOYMENT_VARIANT=variant, RETRY_MAX="1")
+                settings = ProxySettings.from_env(env)
+                proxies.append(await nursery.start(serve_proxy, settings, trio.Event()))
+            production, canary = proxies
+            self._settings = DashboardSettings(
+                scrape_targets=(
+                    production.origin + "/metrics",
+                    canary.origin + "/metrics?variant=canary",
+                ),
+                scrape_interval=0.25,
+                scrape_timeout=0.2,
+                listen_host="127.0.0.1",
+                listen_port=0,
+                db_path=str(self.tmp / "dashboard.db"),
+            )
+            await self._start_dashboard(0)
+            for proxy in proxies:
+                for stream in (False, True):
+                    nursery.start_soon(self._traffic, proxy.url, stream)
+            self._ready.set()
+            await self._shutdown.wait()
+            if self._stop_dashboard is not None:
+                self._stop_dashboard.set()
+            nursery.cancel_scope.cancel()
+
+    async def _traffic(self, url: str, stream: bool) -> None:
+        async with httpx.AsyncClient(timeout=10) as client:
+            while True:
+                try:
+                    await client.post(url + "/v1/messages", json=message(stream))
+                except httpx.HTTPError:
+                    pass
+                await trio.sleep(0.02)
+
+    async def _start_dashboard(self, port: int) -> None:
+        assert self._nursery is not None and self._settings is not None
+        settings = dataclasses.replace(self._settings, listen_port=port)
+        stop, done = trio.Event(), trio.Event()
+        self._stop_dashboard, self._dashboard_done = stop, done
+        self.dashboard = await self._nursery.start(_run_dashboard, settings, stop, done)
+
+    async def stop_dashboard(self) -> None:
+        assert self._stop_dashboard is not None and self._dashboard_done is not None
+        self._stop_dashboard.set()
+        with trio.fail_after(10):
+            await self._dashboard_done.wait()
+
+    async def restart_dashboard(self, port: int) -> None:
+        with trio.fail_after(10):
+            while True:
+                try:
+                    await self._start_dashboard(port)
+                    return
+                except OSError:
+                    # The old socket may take a moment to let go of the port.
+                    await trio.sleep(0.1)
+
+    async def publish(self, snapshot: Snapshot) -> None:
+        assert self.dashboard is not None
+        self.dashboard.hub.publish(snapshot)
+        await self.dashboard.store.insert(snapshot)
+
+
+async def _run_dashboard(
+    settings: DashboardSettings,
+    stop: trio.Event,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[RunningDashboard] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    try:
+        await serve_dashboard(settings, stop, task_status=task_status)
+    finally:
+        done.set()
+
+
+@dataclass
+class Page:
+    page: Any
+    console_errors: list[str]
+    page_errors: list[str]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if not (STATIC / "vendor" / "uPlot.iife.min.js").is_file():
+        pytest.fail("uPlot is not in src/zai_proxy/static/vendor/: run `make assets` first")
+    stack = Stack(tmp_path_factory.mktemp("e2e"))
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = require_tool("chromium")
+    with playwright_sync.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def open_page(browser: Any, stack: Stack) -> Iterator[Callable[[str], Page]]:
+    contexts: list[Any] = []
+
+    def open_(query: str = "") -> Page:
+        context = browser.new_context(viewport={"width": 1400, "height": 1100})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        result = Page(page=page, console_errors=[], page_errors=[])
+        page.on(
+            "console", lambda m: result.console_errors.append(m.text) if m.type == "error" else None
+        )
+        page.on("pageerror", lambda e: result.page_errors.append(str(e)))
+        page.goto(stack.url + "/" + query)
+        return result
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+def wait_for_data(page: Any, points: int = 3) -> None:
+    """Every panel has drawn at least `points` x values."""
+    page.wait_for_function(
+        """([ids, n]) => {
+            const p = window.__dash && window.__dash.panels;
+            return p && ids.every(id => p[id] && p[id].points >= n);
+        }""",
+        arg=[list(PANELS), points],
+    )
+
+
+def panel_state(page: Any, panel: str) -> dict[str, Any]:
+    state: dict[str, Any] = page.evaluate("(id) => window.__dash.panels[id]", panel)
+    return state
+
+
+def test_every_panel_draws_data(open_page: Callable[[str], Page]) -> None:
+    p = open_page("?variant=production&range=5m")
+    page = p.page
+    page.wait_for_function(
+        """(ids) => {
+            const p = window.__dash.panels;
+            return ids.every(id => p[id] && p[id].series.some(s => s.nonNull > 0));
+        }""",
+        arg=list(PANELS),
+    )
+    for panel in PANELS:
+        assert page.locator(f"#panel-{panel} canvas").count() == 1, panel
+        assert page.locator(f"#panel-{panel} .skeleton").is_hidden(), panel
+        assert page.locator(f"#panel-{panel} .panel-error").is_hidden(), panel
+    assert panel_state(page, "latency")["series"][0]["label"] == "p50"
+    assert [s["label"] for s in panel_state(page, "tokens")["series"]] == [
+        "input/s",
+        "output/s",
+        "cache_read/s",
+        "cache_write/s",
+    ]
+    assert page.locator("#conn-state").get_attribute("data-state") == "connected"
+    assert "req/s" in page.locator("#status-production").inner_text()
+
+
+def test_token_strip_totals_equal_the_stored_window(
+    open_page: Callable[[str], Page], stack: Stack
+) -> None:
+    page = open_page("?variant=production&range=5m").page
+    page.wait_for_function(
+        "() => Number(document.querySelector('#token-strip').dataset.count || 0) >= 5"
+    )
+    strip = page.evaluate("() => Object.assign({}, document.querySelector('#token-strip').dataset)")
+    rows = httpx.get(
+        stack.url + "/api/metrics", params={"range": "5m", "variant": "production"}
+    ).json()
+    first, last = float(strip["firstTs"]), float(strip["lastTs"])
+    window = [r for r in rows if first <= r["ts"] <= last]
+    assert len(window) == int(strip["count"])
+    for key, attr in (
+        ("in", "in"),
+        ("out", "out"),
+        ("cache_read", "cacheRead"),
+        ("cache_write", "cacheWrite"),
+    ):
+        expected = sum(r[f"tokens_{key}"] or 0 for r in window)
+        assert math.isclose(float(strip[attr]), expected, rel_tol=1e-9, abs_tol=1e-9), key
+    assert float(strip["in"]) > 0 and float(strip["cacheRead"]) > 0
+    assert page.locator("#token-strip").inner_text().startswith("5m window: ")
+
+
+def test_variant_and_range_controls_change_the_charts_and_url(
+    open_page: Callable[[str], Page],
+) -> None:
+    page = open_page("").page
+    wait_for_data(page)
+    assert "variant=production" in page.url and "range=5m" in page.url
+
+    page.click("#variant-canary")
+    assert "variant=canary" in page.url
+    assert page.get_attribute("#variant-canary", "aria-pressed") == "true"
+    series = panel_state(page, "requests")["series"]
+    assert [s["variant"] for s in series] == ["canary"] and series[0]["nonNull"] > 0
+
+    page.click("#variant-both")
+    assert "variant=both" in page.url
+    labels = [s["label"] for s in panel_state(page, "requests")["series"]]
+    assert labels == ["req/s (production)", "req/s (canary)"]
+    assert len(panel_state(page, "latency")["series"]) == 6
+
+    backfills = page.evaluate("() => window.__dash.backfills")
+    page.select_option("#range-select", "15m")
+    assert "range=15m" in page.url
+    page.wait_for_function("(n) => window.__dash.backfills > n", arg=backfills)
+    assert page.locator("#token-strip").inner_text().startswith("15m window: ")
+
+    # The shared URL opens the same view.
+    shared = open_page("?" + page.url.split("?", 1)[1]).page
+    assert shared.get_attribute("#variant-both", "aria-pressed") == "true"
+    assert shared.locator("#range-select").input_value() == "15m"
+
+
+def test_a_failing_panel_does_not_take_the_others_down(browser: Any, stack: Stack) -> None:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        # Wrap uPlot as the page loads it, so only the latency chart fails to build.
+        page.add_init_script(
+            """(() => {
+                let real;
+                Object.defineProperty(window, "uPlot", {
+                    configurable: true,
+                    get() { return real && wrapped; },
+                    set(v) { real = v; },
+                });
+                function wrapped(opts, data, el) {
+                    if (opts.series.some(s => s.label === "p50")) throw new Error("boom");
+                    return new real(opts, data, el);
+                }
+                wrapped.join = (...args) => real.join(...args);
+            })()"""
+        )
+        page.goto(stack.url + "/?variant=production")
+        page.wait_for_selector("#panel-latency .panel-error:visible")
+        assert "boom" in page.locator("#panel-latency .panel-error").inner_text()
+        page.wait_for_function("() => window.__dash.panels.requests?.points > 0")
+        for panel in PANELS:
+            if panel != "latency":
+                assert page.locator(f"#panel-{panel} canvas").count() == 1, panel
+                assert page.locator(f"#panel-{panel} .panel-error").is_hidden(), panel
+    finally:
+        context.close()
+
+
+def test_theme_persists_across_reload(open_page: Callable[[str], Page], stack: Stack) -> None:
+    page = open_page("?theme=light").page
+    assert page.get_attribute("html", "data-theme") == "light"
+    page.click("#theme-toggle")
+    assert page.get_attribute("html", "data-theme") == "dark"
+    assert "theme=dark" in page.url
+    page.goto(stack.url + "/")
+    assert page.get_attribute("html", "data-theme") == "dark"
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.tagName") == "BUTTON"
+
+
+def test_page_reconnects_after_the_dashboard_restarts(
+    open_page: Callable[[str], Page], stack: Stack
+) -> None:
+    p = open_page("?variant=production")
+    page = p.page
+    wait_for_data(page)
+    port = stack.dashboard.port if stack.dashboard else 0
+    backfills = page.evaluate("() => window.__dash.backfills")
+
+    stack.call(stack.stop_dashboard)
+    page.wait_for_selector("#countdown:visible")
+    assert page.locator("#conn-state").get_attribute("data-state") == "reconnecting"
+    assert page.locator("#countdown").inner_text().startswith("Reconnecting in ")
+    assert page.locator("#reconnect-now").is_visible()
+    # No new data for three scrape intervals: the variant is marked stale.
+    page.wait_for_selector("#stale-production:visible")
+
+    stack.call(stack.restart_dashboard, port)
+    page.wait_for_selector("#conn-state[data-state=connected]")
+    page.wait_for_function("(n) => window.__dash.backfills > n", arg=backfills)
+    assert page.locator("#reconnect").is_hidden()
+    page.wait_for_selector("#stale-production", state="hidden")
+    assert p.page_errors == []
+    # Failed reconnect attempts are logged by Chromium itself; nothing else may be.
+    assert [e for e in p.console_errors if "ERR_CONNECTION_REFUSED" not in e] == []
+
+
+def test_no_console_errors(open_page: Callable[[str], Page]) -> None:
+    p = open_page("?variant=both&range=1h")
+    page = p.page
+    wait_for_data(page)
+    page.select_option("#range-select", "5m")
+    page.click("#variant-production")
+    page.click("#theme-toggle")
+    wait_for_data(page)
+    page.set_viewport_size({"width": 700, "height": 1000})
+    page.wait_for_timeout(300)
+    assert page.evaluate("() => window.__dash.errors") == {}
+    assert p.page_errors == []
+    assert p.console_errors == []
+
+
+def test_screenshots_light_and_dark(open_page: Callable[[str], Page]) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for theme in ("light", "dark"):
+        page = open_page(f"?variant=both&range=5m&theme={theme}").page
+        wait_for_data(page, points=10)
+        path = SCREENSHOTS / f"dashboard-{theme}.png"
+        page.screenshot(path=str(path), full_page=True)
+        assert path.stat().st_size > 10_000
+
+
+def test_hostile_strings_render_as_text(open_page: Callable[[str], Page], stack: Stack) -> None:
+    page = open_page("?variant=canary").page
+    wait_for_data(page)
+    hostile = Snapshot(
+        ts=time.time(),
+        variant="canary",
+        interval_s=0.25,
+        targets_up=1,
+        targets_total=1,
+        req_rate=1.0,
+        error_rate_pct=100.0,
+        upstream_error_rates={HOSTILE: 1.0},
+        rejections_by_reason={HOSTILE: 1.0},
+    )
+    stack.call(stack.publish, hostile)
+    page.wait_for_function(
+        "(s) => document.querySelector('#error-types').textContent.includes(s)", arg=HOSTILE
+    )
+    assert page.locator("#panel-errors .u-legend").inner_text().count(HOSTILE) == 1
+    assert page.locator("img").count() == 0
+    assert page.evaluate("() => window.__pwned") is None
