@@ -240,6 +240,21 @@ def test_window_with_too_few_answers_changes_nothing() -> None:
     assert (lim.rate, lim.ceiling, lim.clean_windows) == (9.0 * 0.98, 9.0, 1)
 
 
+def test_a_rate_too_low_to_fill_a_window_is_judged_over_several() -> None:
+    # 1 req/s in 10 s windows gives 10 answers a window, under min_answers=20: the
+    # first window runs on into the second, which is then judged over both (20 s).
+    lim = limiter(initial=1.0, minimum=0.5, min_answers=20)
+    send(lim, 0.0, 10)
+    answer(lim, 10.0, ok=10, throttled=0)
+    assert lim.adjust(10.0) is None
+    send(lim, 10.0, 10)
+    answer(lim, 20.0, ok=10, throttled=0)
+    judged = lim.adjust(20.0)
+    assert judged is not None
+    assert (judged.reason, judged.answers, judged.seconds) == ("search", 20, 20.0)
+    assert lim.rate == 2.0
+
+
 def test_probe_follows_probe_interval_clean_windows() -> None:
     lim = limiter(probe_interval=2, probe_step=0.08)
     throttled_to_ceiling_9(lim)

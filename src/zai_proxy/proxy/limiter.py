@@ -71,8 +71,10 @@ The rules
 ---------
 `adjust()` judges the window that ends when the outer loop calls it. A window with
 fewer than `min_answers` answers changes nothing (the clean streak is neither broken
-nor lengthened); the short rest of a window after a mid-window decision (under
-`measure_time`) runs on into the next one. The 429 fraction is of the answers.
+nor lengthened) and runs on into the next one until it holds enough answers, so a
+rate too low to fill one window is still judged, over several; the short rest of a
+window after a mid-window decision (under `measure_time`) runs on likewise. The 429
+fraction is of the answers.
 
 * Above 5 % (`decrease_above`): the ceiling takes the observation: the first one as
   it is, later ones by EWMA (`ceiling_alpha`), except that one more than
@@ -489,7 +491,10 @@ class AdaptiveLimiter:
             # a rate from, so it runs on into the next window.
             return None
         if answers < config.min_answers:
-            self._start_window(now)
+            # Too few to judge: the window runs on and gathers answers until it has
+            # enough. Restarting it would throw them away, and a rate so low that one
+            # window never holds min_answers (1 req/s in a 10 s window) would then
+            # never be judged again: stuck below a limit it could never probe.
             return None
         fraction = hits / answers
         sent = self._sent - self._window_sent
