@@ -17,6 +17,7 @@ __all__ = [
     "Overloaded",
     "ProxyError",
     "RateLimited",
+    "RequestCreationError",
     "RetryableError",
     "SettingsError",
     "TruncatedResponse",
@@ -93,6 +94,16 @@ class UpstreamError(ProxyError):
     anthropic_type = "api_error"
     openai_type = "server_error"
     error_type: ClassVar[str] = "upstream_connection"
+
+
+class RequestCreationError(UpstreamError):
+    """The caller's request could not be turned into an upstream request (a header or URL
+    that HTTP/1.1 cannot carry): nothing was sent, and another attempt would fail alike."""
+
+    status = 400
+    anthropic_type = "invalid_request_error"
+    openai_type = "invalid_request_error"
+    error_type = "request_creation"
 
 
 class UpstreamTimeout(UpstreamError):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from . import __version__
 from .errors import SettingsError
 
 __all__ = [
@@ -227,6 +228,7 @@ class ProxySettings:
     shutdown_timeout: float = 30.0
     admin_token: str | None = field(default=None, repr=False)
     log_level: str = "info"
+    build_version: str = __version__
     build_commit: str = "unknown"
     build_time: str = "unknown"
 
@@ -282,6 +284,8 @@ class ProxySettings:
             shutdown_timeout=read.duration("SHUTDOWN_TIMEOUT", "30s"),
             admin_token=admin_token,
             log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            # The image's build arguments (Dockerfile): version, commit, time of the build.
+            build_version=read.text("ZAI_PROXY_VERSION", __version__) or __version__,
             build_commit=read.text("BUILD_COMMIT", "unknown") or "unknown",
             build_time=read.text("BUILD_TIME", "unknown") or "unknown",
         )

@@ -11,7 +11,9 @@ import pytest
 import trio
 
 from tests.conftest import UPSTREAM_KEY, ProxyHandle, StartProxy
+from zai_proxy.errors import RequestCreationError
 from zai_proxy.logs import JsonFormatter
+from zai_proxy.proxy.forward import Downstream, Exchange, Outcome
 from zai_proxy.sim.upstream import SimUpstream
 
 MESSAGE = {
@@ -270,11 +272,49 @@ async def test_full_proxy_answers_503_at_once(
         started = trio.current_time()
         response = await client.post(proxy.url + "/v1/messages", json=MESSAGE)
         elapsed = trio.current_time() - started
+        # The gauges are read at scrape time: both slots busy, right now.
+        assert proxy.sample("zai_proxy_concurrent_requests") == 2
+        assert proxy.sample("zai_proxy_worker_utilization_ratio") == 1.0
         nursery.cancel_scope.cancel()
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "overloaded_error"
     assert response.headers["retry-after"] == "1"
     assert elapsed < 1.0
+    assert proxy.sample("zai_proxy_rate_limit_rejections_total", reason="capacity") == 1
+    assert proxy.sample("zai_proxy_rate_limit_rejections_total", reason="rate_limit") == 0
+    await proxy.settled()
+    assert proxy.sample("zai_proxy_concurrent_requests") == 0
+    assert proxy.sample("zai_proxy_worker_utilization_ratio") == 0.0
+
+
+async def test_a_request_that_cannot_be_built_is_400_request_creation(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    # h11 keeps such a header out on the way in, so the forwarder is given one directly:
+    # the real client refuses to send it, and nothing reaches the upstream.
+    forwarder = proxy.running.app.forwarder
+    assert forwarder is not None
+    before = len(upstream.records)
+    exchange = Exchange(
+        method="POST",
+        url=httpx.URL(upstream.url + "/v1/messages"),
+        headers=[(b"content-type", b"application/json"), (b"x-bad", b"line\r\nbreak")],
+        body=json.dumps(MESSAGE).encode(),
+        style="anthropic",
+        request_id="req_bad",
+    )
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    with pytest.raises(RequestCreationError) as raised:
+        await forwarder.forward(exchange, Downstream(send), Outcome())
+    assert raised.value.status == 400
+    assert UPSTREAM_KEY not in str(raised.value)
+    assert sent == [] and len(upstream.records) == before
+    assert proxy.sample("zai_proxy_upstream_errors_total", error_type="request_creation") == 1
+    assert proxy.sample("zai_proxy_retry_attempts_total", reason="retry") == 0
 
 
 async def test_one_structured_log_line_per_request(

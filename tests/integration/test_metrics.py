@@ -11,6 +11,7 @@ import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+import zai_proxy
 from tests.conftest import ProxyHandle, StartProxy
 from zai_proxy.proxy.metrics import MODEL_LABEL_CAP, ModelLabels
 from zai_proxy.proxy.paths import ROUTES
@@ -226,9 +227,21 @@ async def test_estimate_accuracy_is_recorded_for_sampled_requests(
 
 
 async def test_build_info_carries_version_and_commit(start_proxy: StartProxy) -> None:
-    proxy = await start_proxy(BUILD_COMMIT="abc1234", BUILD_TIME="2026-11-25T00:00:00Z")
+    proxy = await start_proxy(
+        ZAI_PROXY_VERSION="9.9.9-rc1", BUILD_COMMIT="abc1234", BUILD_TIME="2026-11-25T00:00:00Z"
+    )
     families = {f.name: f for f in text_string_to_metric_families((await scrape(proxy)).text)}
     (sample,) = families["zai_proxy_build_info"].samples
     assert sample.value == 1
+    assert sample.labels["version"] == "9.9.9-rc1"
     assert sample.labels["commit"] == "abc1234"
     assert sample.labels["build_time"] == "2026-11-25T00:00:00Z"
+    async with httpx.AsyncClient() as client:
+        health = (await client.get(proxy.origin + "/healthz")).json()
+    assert health["version"] == "9.9.9-rc1"
+
+
+async def test_build_version_defaults_to_the_package_version(proxy: ProxyHandle) -> None:
+    families = {f.name: f for f in text_string_to_metric_families((await scrape(proxy)).text)}
+    (sample,) = families["zai_proxy_build_info"].samples
+    assert sample.labels["version"] == zai_proxy.__version__

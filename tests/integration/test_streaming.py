@@ -121,6 +121,8 @@ async def test_client_going_away_cancels_the_upstream_request(
         )
         == 1
     )
+    # The answer was being written when the client went.
+    assert proxy.sample("zai_proxy_upstream_errors_total", error_type="write_error") == 1
 
 
 async def test_client_going_away_while_waiting_frees_the_slot(
@@ -134,6 +136,8 @@ async def test_client_going_away_while_waiting_frees_the_slot(
         await upstream.wait_for(lambda s: s.client_disconnects >= 1)
     await proxy.settled()
     assert proxy.running.app.in_flight == 0
+    # Nothing had been written to the client: no write error.
+    assert proxy.sample("zai_proxy_upstream_errors_total", error_type="write_error") == 0
 
 
 async def test_upstream_dying_mid_stream_ends_with_an_error_event(

@@ -21,7 +21,6 @@ from prometheus_client import exposition
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from .. import __version__
 from ..errors import (
     BadRequest,
     BodyTooLarge,
@@ -87,6 +86,7 @@ class ProxyApp:
         self.metrics = ProxyMetrics(
             variant=settings.variant,
             live=self._live_state,
+            version=settings.build_version,
             commit=settings.build_commit,
             build_time=settings.build_time,
         )
@@ -168,7 +168,7 @@ class ProxyApp:
         async def health() -> Any:
             return {
                 "status": "ok",
-                "version": __version__,
+                "version": self.settings.build_version,
                 "variant": self.settings.variant,
                 "in_flight": self.in_flight,
                 "max_workers": self.settings.max_workers,
@@ -284,6 +284,10 @@ class ProxyApp:
                 nursery.cancel_scope.cancel()
             # A client that hangs up after the last byte went out was served in full.
             client_gone = gone.is_set() and not downstream.ended
+            if client_gone and downstream.started:
+                # The answer was being written when the client went: the seed's
+                # write_error ("error writing response to client").
+                self.metrics.upstream_error("write_error")
         finally:
             self.in_flight -= 1
             if client_gone:

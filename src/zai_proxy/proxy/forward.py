@@ -21,6 +21,7 @@ from ..errors import (
     ConnectTimeout,
     EmptyStream,
     RateLimited,
+    RequestCreationError,
     RetryableError,
     TruncatedResponse,
     UpstreamConnectionError,
@@ -201,11 +202,21 @@ class Forwarder:
         outcome: Outcome,
         sent_at: float,
     ) -> None:
-        request = self._client.build_request(
-            exchange.method, exchange.url, headers=headers, content=exchange.body
-        )
+        try:
+            request = self._client.build_request(
+                exchange.method, exchange.url, headers=headers, content=exchange.body
+            )
+        except (httpx.InvalidURL, httpx.HTTPError, ValueError, TypeError) as exc:
+            raise RequestCreationError(
+                f"could not build the upstream request: {type(exc).__name__}"
+            ) from exc
         try:
             response = await self._client.send(request, stream=True)
+        except httpx.LocalProtocolError as exc:
+            # Refused by our own HTTP/1.1 layer before anything went out.
+            raise RequestCreationError(
+                f"could not build the upstream request: {type(exc).__name__}"
+            ) from exc
         except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise ConnectTimeout("timed out connecting to the upstream") from exc
         except httpx.TimeoutException as exc:

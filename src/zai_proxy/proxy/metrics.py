@@ -173,6 +173,7 @@ class ProxyMetrics:
         *,
         variant: str,
         live: Callable[[], LiveState],
+        version: str = __version__,
         commit: str = "unknown",
         build_time: str = "unknown",
         registry: CollectorRegistry | None = None,
@@ -286,7 +287,7 @@ class ProxyMetrics:
             ["version", "variant", "commit", "build_time"],
             registry=r,
         )
-        build.labels(__version__, v, commit, build_time).set(1)
+        build.labels(version, v, commit, build_time).set(1)
         r.register(_LiveCollector(v, live))
 
         # Series that exist from the start, so dashboards and alerts see 0 rather than
