@@ -163,6 +163,51 @@ async def test_upstream_dying_mid_stream_ends_with_an_error_event(
     assert proxy.sample("zai_proxy_upstream_errors_total", error_type="read_error") == 1
 
 
+async def test_stream_closed_cleanly_before_its_end_is_an_error_too(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    # The chunked body ends properly, but message_stop never came: still a broken answer.
+    upstream.script(Fault.stop_mid_stream(after=3))
+    async with httpx.AsyncClient(timeout=10) as client:
+        async with client.stream("POST", proxy.url + "/v1/messages", json=STREAM) as response:
+            raw = await response.aread()
+    events = parse_events(raw)
+    assert [name for name, _ in events[:-1]] != [] and "message_stop" not in raw.decode()
+    name, data = events[-1]
+    assert name == "error" and isinstance(data, dict) and data["type"] == "error"
+    await proxy.settled()
+    requests = "zai_proxy_requests_total"
+    assert proxy.sample(requests, method="POST", path="/v1/messages", status_code="502") == 1
+    assert proxy.sample("zai_proxy_upstream_errors_total", error_type="read_error") == 1
+
+
+async def test_openai_stream_dying_midway_ends_with_an_openai_error_chunk(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    upstream.script(Fault.die_mid_stream(after=2))
+    body = {
+        "model": "glm-4.6",
+        "stream": True,
+        "messages": [{"role": "user", "content": "Tell me a story."}],
+    }
+    async with httpx.AsyncClient(timeout=10) as client:
+        async with client.stream("POST", proxy.url + "/v1/chat/completions", json=body) as response:
+            raw = await response.aread()
+    assert response.status_code == 200
+    events = parse_events(raw)
+    assert events[0][1]["object"] == "chat.completion.chunk"  # type: ignore[index]
+    name, data = events[-1]
+    # OpenAI streams have no event names: the error is a data-only chunk, as OpenAI sends.
+    assert name is None and isinstance(data, dict)
+    assert data["error"]["type"] == "server_error"  # type: ignore[index]
+    assert b"[DONE]" not in raw and raw.endswith(b"\n\n")
+    await proxy.settled()
+    requests = "zai_proxy_requests_total"
+    assert (
+        proxy.sample(requests, method="POST", path="/v1/chat/completions", status_code="502") == 1
+    )
+
+
 async def test_error_event_inside_a_stream_counts_as_an_error(
     proxy: ProxyHandle, upstream: SimUpstream
 ) -> None:

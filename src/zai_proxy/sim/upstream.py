@@ -53,6 +53,7 @@ FaultKind = Literal[
     "empty_stream",
     "reset",
     "die_mid_stream",
+    "stop_mid_stream",
     "error_mid_stream",
     "slow",
     "hang",
@@ -163,6 +164,12 @@ class Fault:
     @classmethod
     def die_mid_stream(cls, after: int = 2) -> Fault:
         return cls("die_mid_stream", after=after)
+
+    @classmethod
+    def stop_mid_stream(cls, after: int = 2) -> Fault:
+        """A stream that ends cleanly (the chunked body is closed properly) after
+        ``after`` events, without its final event: truncated, but no transport error."""
+        return cls("stop_mid_stream", after=after)
 
     @classmethod
     def error_mid_stream(cls, after: int = 2) -> Fault:
@@ -1030,6 +1037,8 @@ class SimUpstream:
             reply.body = reply.body[: len(reply.body) // 2]
         elif kind == "die_mid_stream":
             reply.drop_after = fault.after
+        elif kind == "stop_mid_stream" and reply.events is not None:
+            reply.events = reply.events[: fault.after]
         elif kind == "error_mid_stream" and reply.events is not None:
             error = _error_body(wire, 529)
             event = _sse_data(error) if wire == "openai" else _sse("error", error)
