@@ -50,7 +50,8 @@ SEED_METRICS: dict[str, tuple[str, set[str]]] = {
 }
 # Seed 004: histogram buckets.
 DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
-SIZE_BUCKETS = [100, 1000, 10000]  # "exponential: 100, 1000, 10000, ..."
+# "Exponential: 100, 1000, 10000, ...", up to 100 MB: MAX_BODY_BYTES is 32 MiB.
+SIZE_BUCKETS = [100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8]
 LABEL_VALUES = {
     ("zai_proxy_rate_limit_adjustments", "direction"): {"increase", "decrease", "probe"},
     ("zai_proxy_retry_attempts", "reason"): {
@@ -104,13 +105,14 @@ async def test_every_seed_metric_and_label_is_exported(
         for s in families["zai_proxy_request_duration_seconds"].samples
         if s.name.endswith("_bucket") and s.labels["status_code"] == "200"
     ]
-    assert buckets[: len(DURATION_BUCKETS)] == DURATION_BUCKETS
-    sizes = [
-        float(s.labels["le"])
-        for s in families["zai_proxy_request_size_bytes"].samples
-        if s.name.endswith("_bucket")
-    ]
-    assert sizes[:3] == SIZE_BUCKETS
+    assert buckets == [*DURATION_BUCKETS, float("inf")]
+    for family in ("zai_proxy_request_size_bytes", "zai_proxy_response_size_bytes"):
+        sizes = [
+            float(s.labels["le"])
+            for s in families[family].samples
+            if s.name.endswith("_bucket") and s.labels.get("status_code", "200") == "200"
+        ]
+        assert sizes == [*SIZE_BUCKETS, float("inf")], family
     tiers = {s.labels["pricing_tier"] for s in families["zai_proxy_tokens"].samples}
     assert tiers == {pricing_tier(datetime.now(UTC))}
     directions = {s.labels["direction"] for s in families["zai_proxy_tokens"].samples}

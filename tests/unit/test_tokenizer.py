@@ -13,6 +13,7 @@ import tiktoken
 import tiktoken.load
 import tiktoken.registry
 import trio
+import trio.testing
 
 from zai_proxy.proxy import tokenizer
 from zai_proxy.proxy.tokenizer import (
@@ -373,6 +374,33 @@ async def test_small_bodies_are_counted_inline(
 async def test_long_text_is_counted_in_a_thread(counter: TokenCounter) -> None:
     text = "hello world " * 10_000
     assert await count_text_async(counter, text) == _cl100k(text)
+
+
+async def test_a_backlog_of_large_counts_is_bounded_then_estimated_by_size(
+    counter: TokenCounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The counting thread is busy (its one token held here): large bodies queue for it
+    # up to MAX_QUEUED_COUNTS; the next one is estimated from its size at once instead
+    # of waiting, so the backlog's memory stays bounded.
+    limiter = trio.CapacityLimiter(1)
+    monkeypatch.setattr(tokenizer, "_LIMITER", limiter)
+    body = json.dumps({"messages": [{"role": "user", "content": "word " * 5000}]}).encode()
+    assert len(body) >= tokenizer.INLINE_MAX_BYTES
+    results: list[int | None] = []
+
+    async def count() -> None:
+        results.append(await count_request_async(counter, body))
+
+    async with trio.open_nursery() as nursery:
+        await limiter.acquire()
+        for _ in range(tokenizer.MAX_QUEUED_COUNTS):
+            nursery.start_soon(count)
+        await trio.testing.wait_all_tasks_blocked()
+        assert limiter.statistics().tasks_waiting == tokenizer.MAX_QUEUED_COUNTS
+        assert await count_request_async(counter, body) == len(body) // 4
+        assert results == []
+        limiter.release()
+    assert results == [counter.count_request(body)] * tokenizer.MAX_QUEUED_COUNTS
 
 
 async def test_counting_a_200k_token_request_never_blocks_the_loop_over_10ms(

@@ -65,6 +65,12 @@ INLINE_MAX_BYTES: Final = 16 * 1024
 # the CPU from the proxy's own work.
 _LIMITER: Final = trio.CapacityLimiter(1)
 
+# Large counts allowed to wait for that thread. Each waiting one holds its body, so
+# past this backlog (the thread cannot keep up) a body is estimated from its size
+# instead of queued: memory stays bounded, at the price of a rough count.
+MAX_QUEUED_COUNTS: Final = 32
+BYTES_PER_TOKEN: Final = 4
+
 # Slice size for tiktoken calls: about 1 ms of GIL-free encoding, then a short list
 # build with the GIL held.
 _SLICE: Final = 16 * 1024
@@ -215,6 +221,8 @@ async def count_request_async(counter: TokenCounter, body: bytes) -> int | None:
     """``counter.count_request(body)``, in a worker thread when the body is large."""
     if len(body) < INLINE_MAX_BYTES:
         return counter.count_request(body)
+    if _LIMITER.statistics().tasks_waiting >= MAX_QUEUED_COUNTS:
+        return max(1, len(body) // BYTES_PER_TOKEN)
     return await trio.to_thread.run_sync(counter.count_request, body, limiter=_LIMITER)
 
 
@@ -222,6 +230,8 @@ async def count_text_async(counter: TokenCounter, text: str) -> int:
     """``counter.count_text(text)``, in a worker thread when the text is long."""
     if len(text) < INLINE_MAX_BYTES:
         return counter.count_text(text)
+    if _LIMITER.statistics().tasks_waiting >= MAX_QUEUED_COUNTS:
+        return max(1, len(text) // BYTES_PER_TOKEN)
     return await trio.to_thread.run_sync(counter.count_text, text, limiter=_LIMITER)
 
 
