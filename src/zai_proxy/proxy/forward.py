@@ -33,7 +33,7 @@ from .headers import header_value, parse_retry_after, request_headers, response_
 from .limiter import AdaptiveLimiter, Adjustment
 from .metrics import ProxyMetrics
 from .paths import ApiStyle
-from .usage import SSEUsageTracker, Usage, usage_from_json
+from .usage import SSEUsageTracker, Usage, usage_from_answer
 from .wire import retry_after_value
 
 __all__ = ["Downstream", "Exchange", "Forwarder", "Outcome", "report_adjustment"]
@@ -269,10 +269,10 @@ class Forwarder:
                 raise TruncatedResponse("the upstream sent an empty body")
             if _is_json(response):
                 try:
-                    json.loads(body)
-                except ValueError as exc:
+                    answer = json.loads(body)
+                except (ValueError, RecursionError) as exc:
                     raise TruncatedResponse("the upstream sent invalid JSON") from exc
-                outcome.usage = usage_from_json(body, exchange.style)
+                outcome.usage = usage_from_answer(answer, exchange.style)
                 if outcome.usage is None:
                     outcome.output_text_bytes = body
         if status == 422:

@@ -49,6 +49,7 @@ __all__ = [
     "extract_model",
     "is_streaming_request",
     "pricing_tier",
+    "usage_from_answer",
     "usage_from_json",
 ]
 
@@ -161,6 +162,11 @@ def usage_from_json(body: bytes, style: ApiStyle) -> Usage | None:
         obj = json.loads(body)
     except (ValueError, RecursionError):
         return None
+    return usage_from_answer(obj, style)
+
+
+def usage_from_answer(obj: object, style: ApiStyle) -> Usage | None:
+    """The usage of a non-streaming answer already parsed from JSON, or None."""
     if not isinstance(obj, dict):
         return None
     usage = obj.get("usage")
