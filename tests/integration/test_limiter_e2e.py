@@ -10,10 +10,12 @@ import math
 from functools import partial
 
 import httpx
+import pytest
 import trio
 import trio.testing
 
 from tests.conftest import StartProxy, StartUpstream
+from zai_proxy.sim.upstream import Fault, SimUpstream
 
 MESSAGE = {"model": "glm-4.6", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -72,6 +74,65 @@ async def test_limiter_learns_the_hidden_limit_and_reset_forgets_it(
     assert limiter.rate == 40.0 and limiter.ceiling is None
 
 
+async def test_limiter_probes_up_to_a_hidden_limit_that_rises(
+    autojump_clock: trio.testing.MockClock,
+    start_upstream: StartUpstream,
+    start_proxy: StartProxy,
+) -> None:
+    # The hidden limit is 5/s for 32 s, then 10/s. Only adjust(), at window ends, can
+    # start a probe or let a clean probe raise the rate: mid-window decisions only lower
+    # it. So the rate gets near the new limit only through the window loop.
+    low, high, rise, end = 5.0, 10.0, 32.0, 55.0
+    start = trio.current_time()
+    upstream = await start_upstream(
+        limit_schedule=((rise, low), (3600.0, high)),
+        hidden_limit=low,
+        hidden_limit_burst=low,
+        latency=0.5,
+    )
+    proxy = await start_proxy(
+        upstream,
+        RATE_LIMIT_INITIAL="8",
+        RATE_LIMIT_MAX="100",
+        RATE_LIMIT_WINDOW="5s",
+        RATE_LIMIT_PROBE_INTERVAL="1",
+        MAX_WORKERS="200",
+        RETRY_BACKOFF_BASE="1s",
+        TOKEN_COUNTING_ENABLED="false",
+    )
+    limiter = proxy.running.app.limiter
+
+    def adjustments() -> dict[str, float]:
+        name = "zai_proxy_rate_limit_adjustments_total"
+        return {d: proxy.sample(name, direction=d) or 0.0 for d in ("probe", "increase")}
+
+    at_rise: dict[str, float] = {}
+    ceiling_at_rise: list[float | None] = []
+
+    async def note_the_rise() -> None:
+        await trio.sleep_until(start + rise)
+        at_rise.update(adjustments())
+        ceiling_at_rise.append(limiter.ceiling)
+
+    statuses: dict[int, int] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(note_the_rise)
+        nursery.start_soon(agents, proxy.url, 30, start + end, statuses)
+    await proxy.settled()
+
+    # Before the rise it had learnt the old limit.
+    assert ceiling_at_rise == [pytest.approx(low, rel=0.1)]
+    # After it, a probe above that ceiling passed and the rate went up (counted, not just
+    # the zeros the series start with), then probes went on.
+    after = adjustments()
+    assert after["probe"] > at_rise["probe"], (at_rise, after)
+    assert after["increase"] > at_rise["increase"], (at_rise, after)
+    # It ends at the new limit: the ceiling measured there, the rate at its hold point
+    # (or in a probe just above the ceiling, if the run ends inside one).
+    assert limiter.ceiling == pytest.approx(high, rel=0.05)
+    assert 0.9 * high <= limiter.rate <= 1.1 * high, limiter.rate
+
+
 async def test_wait_past_max_wait_gets_429_with_retry_after(
     autojump_clock: trio.testing.MockClock, start_proxy: StartProxy
 ) -> None:
@@ -114,3 +175,25 @@ async def test_wait_past_max_wait_gets_429_with_retry_after(
     assert proxy.sample("zai_proxy_rate_limit_rejections_total", reason="rate_limit") == 2
     assert proxy.sample("zai_proxy_rate_limit_wait_seconds_count") == 3
     assert proxy.sample("zai_proxy_rate_limit_wait_seconds_sum") == math.fsum([0, 1, 2])
+
+
+async def test_a_retry_waits_for_its_own_limiter_turn(
+    autojump_clock: trio.testing.MockClock, start_proxy: StartProxy, upstream: SimUpstream
+) -> None:
+    proxy = await start_proxy(
+        RATE_LIMIT_INITIAL="1",
+        RATE_LIMIT_MIN="1",
+        RATE_LIMIT_MAX="1",
+        RETRY_BACKOFF_BASE="250ms",
+    )
+    upstream.script(Fault.status(429))
+    start = trio.current_time()
+    async with httpx.AsyncClient(timeout=60) as client:
+        response = await client.post(proxy.url + "/v1/messages", json=MESSAGE)
+    await proxy.settled()
+    assert response.status_code == 200
+    # The first attempt took the one token at 0 s. The retry, due after 0.25 s of
+    # backoff, waited another 0.75 s for the next token, which came at 1 s.
+    assert [r.received_at - start for r in upstream.records] == [0.0, 1.0]
+    assert proxy.sample("zai_proxy_rate_limit_wait_seconds_count") == 2
+    assert proxy.sample("zai_proxy_rate_limit_wait_seconds_sum") == 0.75

@@ -184,6 +184,30 @@ def test_window_between_one_and_five_percent_holds() -> None:
     assert lim.ceiling is None
 
 
+def test_window_with_exactly_five_percent_429s_holds() -> None:
+    # The rule is "above 5 %": 5 of 100 is not above it.
+    lim = limiter()
+    adjustment = window(lim, 0.0, sends=100, ok=95, throttled=5)
+    assert (adjustment.direction, adjustment.reason) == ("hold", "slightly throttled")
+    assert (lim.rate, lim.ceiling) == (10.0, None)
+
+
+def test_window_with_exactly_one_percent_429s_is_not_clean() -> None:
+    # The rule is "below 1 %": 1 of 100 is not below it, so a busy window that would
+    # search upwards if clean holds instead.
+    lim = limiter()
+    adjustment = window(lim, 0.0, sends=100, ok=99, throttled=1)
+    assert (adjustment.direction, adjustment.reason) == ("hold", "slightly throttled")
+    assert lim.rate == 10.0
+
+
+def test_window_with_just_under_one_percent_429s_is_clean() -> None:
+    lim = limiter()
+    adjustment = window(lim, 0.0, sends=101, ok=100, throttled=1)
+    assert (adjustment.direction, adjustment.reason) == ("increase", "search")
+    assert lim.rate == 20.0
+
+
 def test_hold_windows_in_a_row_drop_the_rate() -> None:
     lim = limiter(hold_windows=2)
     window(lim, 0.0, sends=100, ok=97, throttled=3)
@@ -435,27 +459,32 @@ async def wait_turn(lim: AdaptiveLimiter, ticket: Ticket) -> None:
         await trio.sleep(wait)
 
 
-async def test_trio_tasks_get_their_turns_at_exact_virtual_times(
+async def test_trio_tasks_already_queued_follow_a_rate_change(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    lim = AdaptiveLimiter(dataclasses.replace(WINDOWED, initial=4.0), now=trio.current_time())
+    start = trio.current_time()
+    # A clean, busy window before the tasks start has doubled the rate from 2 to 4 req/s.
+    lim = AdaptiveLimiter(dataclasses.replace(WINDOWED, initial=2.0), now=start - 10.0)
+    window(lim, start - 10.0, sends=20, ok=20, throttled=0)
+    assert lim.rate == 4.0
     granted: dict[int, float] = {}
 
     async def attempt(name: int, ticket: Ticket) -> None:
         await wait_turn(lim, ticket)
-        granted[name] = trio.current_time()
+        granted[name] = trio.current_time() - start
 
     async with trio.open_nursery() as nursery:
         for name in range(6):
             ticket = lim.reserve(trio.current_time())
             assert ticket is not None
             nursery.start_soon(attempt, name, ticket)
-        # At 0.3 s the rate halves: attempts still queued take their turns 0.5 s apart.
-        await trio.sleep(0.3)
+        # Turns 0.25 s apart until the reset at 0.375 s halves the rate: from then on the
+        # bucket fills at 2 req/s, and the attempts still queued go 0.5 s apart.
+        await trio.sleep(0.375)
         lim.reset(trio.current_time())
-        assert lim.rate == 4.0
+        assert lim.rate == 2.0
 
-    assert granted == {0: 0.0, 1: 0.25, 2: 0.5, 3: 0.75, 4: 1.0, 5: 1.25}
+    assert granted == {0: 0.0, 1: 0.25, 2: 0.625, 3: 1.125, 4: 1.625, 5: 2.125}
 
 
 async def test_adjust_loop_keeps_its_schedule_on_the_mock_clock(
