@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 VENDOR := src/zai_proxy/static/vendor
 ASSETS := $(VENDOR)/uPlot.iife.min.js $(VENDOR)/uPlot.min.css
 
-.PHONY: test demo lint typecheck bench clean assets
+.PHONY: test demo lint typecheck bench bench-perf clean assets
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/limiter_e2e.py
 	$(BIN)/python bench/tokens.py
 	$(BIN)/python bench/dashboard.py
+	$(BIN)/python bench/perf.py $(PERF_ARGS)
+
+# Only the comparison with direct, nginx and LiteLLM: `make bench-perf PERF_ARGS=--quick`
+# or PERF_ARGS='--soak 120'.  LiteLLM goes into bench/.venv-litellm on first use.
+bench-perf: $(STAMP)
+	$(BIN)/python bench/perf.py $(PERF_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts node_modules $(VENDOR)
+	rm -rf $(VENV) bench/.venv-litellm .pytest_cache .mypy_cache .ruff_cache test-artifacts node_modules $(VENDOR)
