@@ -5,11 +5,13 @@ one second of its rate); 80 agents keep demand above it; the proxy runs with a 1
 window and RATE_LIMIT_PROBE_INTERVAL=1.  Proxy, simulator and agents share trio's
 MockClock, so 8 virtual minutes take well under a minute and the figures repeat.
 
-    python bench/limiter_e2e.py
+    python bench/limiter_e2e.py                         # 120 s phases, 10 s window
+    python bench/limiter_e2e.py --phase 600 --window 30s  # limiter.py's scenario, about 4 min
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 
@@ -21,21 +23,22 @@ from zai_proxy.proxy.server import serve_proxy
 from zai_proxy.settings import ProxySettings
 from zai_proxy.sim.upstream import SimUpstream, UpstreamConfig
 
-PHASES = ((120.0, 20.0), (120.0, 40.0), (120.0, 15.0), (120.0, 20.0))
+LIMITS = (20.0, 40.0, 15.0, 20.0)
 AGENTS = 80
 KEY = "sk-bench"
 MESSAGE = {"model": "glm-4.6", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 
 
-async def run() -> None:
+async def run(phase: float, window: str) -> None:
+    phases = tuple((phase, limit) for limit in LIMITS)
     upstream = SimUpstream(
         UpstreamConfig(
             api_key=KEY,
             latency=0.5,
             stream_gap=0.0,
-            hidden_limit=PHASES[0][1],
-            hidden_limit_burst=PHASES[0][1],
-            limit_schedule=PHASES,
+            hidden_limit=LIMITS[0],
+            hidden_limit_burst=LIMITS[0],
+            limit_schedule=phases,
         )
     )
     statuses: dict[int, int] = {}
@@ -48,7 +51,7 @@ async def run() -> None:
                 "ZAI_TARGET_URL": upstream.url,
                 "LISTEN_ADDR": "127.0.0.1:0",
                 "RATE_LIMIT_MAX": "100",
-                "RATE_LIMIT_WINDOW": "10s",
+                "RATE_LIMIT_WINDOW": window,
                 "RATE_LIMIT_PROBE_INTERVAL": "1",
                 "MAX_WORKERS": "500",
             }
@@ -56,7 +59,7 @@ async def run() -> None:
         stop = trio.Event()
         proxy = await nursery.start(serve_proxy, settings, stop)
         start = trio.current_time()
-        end = start + sum(seconds for seconds, _ in PHASES)
+        end = start + sum(seconds for seconds, _ in phases)
 
         async def agent(client: httpx.AsyncClient) -> None:
             while trio.current_time() < end:
@@ -65,8 +68,8 @@ async def run() -> None:
                 if response.status_code == 429:
                     await trio.sleep(float(response.headers.get("retry-after", "1")))
 
-        async def phases() -> None:
-            for seconds, _ in PHASES:
+        async def measure_phases() -> None:
+            for seconds, _ in phases:
                 ok_before = upstream.status_counts.get(200, 0)
                 throttled_before = upstream.rate_limited
                 await trio.sleep(seconds)
@@ -80,16 +83,16 @@ async def run() -> None:
         limits = httpx.Limits(max_connections=AGENTS)
         async with httpx.AsyncClient(timeout=600, limits=limits) as client:
             async with trio.open_nursery() as agents:
-                agents.start_soon(phases)
+                agents.start_soon(measure_phases)
                 for _ in range(AGENTS):
                     agents.start_soon(agent, client)
         nursery.cancel_scope.cancel()
 
-    print("end-to-end: real proxy + simulated upstream on virtual time")
+    print(f"end-to-end: real proxy + simulated upstream on virtual time, window {window}")
     print(f"{'phase':>14} {'limit':>6} {'goodput':>8} {'used':>7} {'429s':>7}")
     total_ok = total_429 = 0
     capacity = 0.0
-    for (seconds, limit), (ok, throttled) in zip(PHASES, answered_per_phase, strict=True):
+    for (seconds, limit), (ok, throttled) in zip(phases, answered_per_phase, strict=True):
         total_ok += ok
         total_429 += throttled
         capacity += seconds * limit
@@ -105,7 +108,11 @@ async def run() -> None:
 
 
 def main() -> None:
-    trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phase", type=float, default=120.0, help="seconds per limit step")
+    parser.add_argument("--window", default="10s", help="RATE_LIMIT_WINDOW")
+    args = parser.parse_args()
+    trio.run(run, args.phase, args.window, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 if __name__ == "__main__":
