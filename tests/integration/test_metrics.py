@@ -137,7 +137,9 @@ async def test_labels_stay_bounded_after_10000_requests_with_random_paths_and_mo
         for _ in range(count):
             if rng.random() < 0.5:
                 path = "/v1/" + "/".join(rng.choice("abcdefgh") * 3 for _ in range(2))
-                await client.get(proxy.url + path + f"?n={rng.random()}")
+                # Methods are the caller's to invent, too.
+                method = rng.choice(["GET", "DELETE", f"M{rng.randrange(10**6)}"])
+                await client.request(method, proxy.url + path + f"?n={rng.random()}")
             else:
                 model = f"model-{rng.randrange(10**9)}"
                 await client.post(proxy.url + "/v1/messages", json={**MESSAGE, "model": model})
@@ -154,6 +156,8 @@ async def test_labels_stay_bounded_after_10000_requests_with_random_paths_and_mo
     assert sum(s.value for s in requests) >= 10_000
     paths = {s.labels["path"] for s in requests}
     assert paths <= set(ROUTES) | {"other"}
+    methods = {s.labels["method"] for s in requests}
+    assert methods == {"GET", "DELETE", "POST", "other"}
     models = {s.labels["model"] for s in families["zai_proxy_tokens"].samples}
     assert len(models) <= MODEL_LABEL_CAP + 1 and "other" in models
     total_samples = sum(len(f.samples) for f in families.values())

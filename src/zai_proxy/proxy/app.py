@@ -33,9 +33,10 @@ from ..settings import ProxySettings
 from .accounting import Accountant
 from .forward import Downstream, Exchange, Forwarder, Outcome, throttled_response
 from .limiter import AdaptiveLimiter, LimiterConfig
-from .metrics import LiveState, ModelLabels, ProxyMetrics
+from .metrics import LiveState, ModelLabels, ProxyMetrics, method_label
 from .paths import Target, api_style, route_label, upstream_path
 from .tokenizer import TokenCounter
+from .upstream import UpstreamTransport
 from .usage import extract_model
 from .wire import error_body, error_headers
 
@@ -79,6 +80,7 @@ class ProxyApp:
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
         self.target = Target.parse(settings.target_url)
+        self._origin = httpx.URL(self.target.origin)
         self.limiter = AdaptiveLimiter(limiter_config(settings), now=_now_or_zero())
         self.in_flight = 0
         # Requests not yet fully done, token accounting included (in_flight ends sooner).
@@ -106,6 +108,8 @@ class ProxyApp:
 
     def open_client(self) -> None:
         s = self.settings
+        # One keep-alive connection per worker slot, in small pools (upstream.py).
+        transport = UpstreamTransport(max_connections=s.max_workers, keepalive_expiry=30.0)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=s.upstream_connect_timeout,
@@ -113,11 +117,7 @@ class ProxyApp:
                 write=s.upstream_write_timeout,
                 pool=s.upstream_pool_timeout,
             ),
-            limits=httpx.Limits(
-                max_connections=s.max_workers,
-                max_keepalive_connections=s.max_workers,
-                keepalive_expiry=30.0,
-            ),
+            transport=transport,
             follow_redirects=False,
             # No proxy or .netrc from the environment: an injected Authorization from
             # .netrc would replace the key, and a proxy variable would route it elsewhere.
@@ -125,6 +125,7 @@ class ProxyApp:
         )
         self.forwarder = Forwarder(
             client=self.client,
+            transport=transport,
             api_key=s.api_key,
             limiter=self.limiter,
             metrics=self.metrics,
@@ -258,9 +259,7 @@ class ProxyApp:
                 return
             model = extract_model(body) if body else None
             query: bytes = scope.get("query_string", b"")
-            url = httpx.URL(self.target.origin).copy_with(
-                raw_path=path + (b"?" + query if query else b"")
-            )
+            url = self._origin.copy_with(raw_path=path + (b"?" + query if query else b""))
             exchange = Exchange(
                 method=method,
                 url=url,
@@ -400,12 +399,14 @@ class ProxyApp:
     ) -> None:
         duration = trio.current_time() - started
         status = str(outcome.status or 500)
-        m = self.metrics
-        v = m.variant
-        m.requests.labels(method, route, status, v).inc()
-        m.duration.labels(method, route, status, v).observe(duration)
-        m.request_size.labels(method, route, v).observe(request_bytes)
-        m.response_size.labels(method, route, status, v).observe(outcome.response_bytes)
+        self.metrics.request_done(
+            method_label(method),
+            route,
+            status,
+            duration,
+            request_bytes,
+            outcome.response_bytes,
+        )
         fields: dict[str, object] = {
             "request_id": request_id,
             "method": method,

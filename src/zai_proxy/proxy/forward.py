@@ -110,6 +110,7 @@ class Forwarder:
         self,
         *,
         client: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         api_key: str,
         limiter: AdaptiveLimiter,
         metrics: ProxyMetrics,
@@ -118,7 +119,10 @@ class Forwarder:
         retry_after_cap: float,
         max_wait: float,
     ) -> None:
+        # The client builds requests (its timeouts, its default headers); the transport
+        # sends them, without the client's cookie jar (see upstream.py).
         self._client = client
+        self._transport = transport
         # Held only as the header value; never formatted into text anywhere else.
         self._authorization = b"Bearer " + api_key.encode("latin-1")
         self._limiter = limiter
@@ -211,7 +215,7 @@ class Forwarder:
                 f"could not build the upstream request: {type(exc).__name__}"
             ) from exc
         try:
-            response = await self._client.send(request, stream=True)
+            response = await self._transport.handle_async_request(request)
         except httpx.LocalProtocolError as exc:
             # Refused by our own HTTP/1.1 layer before anything went out.
             raise RequestCreationError(
@@ -225,6 +229,7 @@ class Forwarder:
             raise UpstreamConnectionError(
                 f"could not reach the upstream: {type(exc).__name__}"
             ) from exc
+        response.request = request
         try:
             status = response.status_code
             adjustment = self._limiter.record(

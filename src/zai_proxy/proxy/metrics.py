@@ -5,9 +5,9 @@ seed 004's definitions), each with a `variant` label.  Values that change all th
 (requests in flight, utilisation, the limiter's rate) are read when scraped, by
 `_LiveCollector`, so they are never stale and cost nothing per request.
 
-Label values come from small fixed sets: `path` from `paths.ROUTES` or "other", `model`
-from the first `MODEL_LABEL_CAP` distinct names seen (then "other"), `status_code` as
-sent (bounded by HTTP itself).
+Label values come from small fixed sets: `path` from `paths.ROUTES` or "other", `method`
+from `METHODS` or "other", `model` from the first `MODEL_LABEL_CAP` distinct names seen
+(then "other"), `status_code` as sent (bounded by HTTP itself).
 
 Two labels need a word:
 - `zai_proxy_retry_attempts_total{reason="retry"}` counts every retry attempt; the other
@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 from .. import __version__
 from .paths import ROUTES
 
-__all__ = ["MODEL_LABEL_CAP", "LiveState", "ModelLabels", "ProxyMetrics"]
+__all__ = ["METHODS", "MODEL_LABEL_CAP", "LiveState", "ModelLabels", "ProxyMetrics", "method_label"]
 
 # `_created` series double the exposition for no use on our dashboards or alerts.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -91,6 +91,15 @@ UPSTREAM_ERROR_TYPES = (
 )
 ADJUST_DIRECTIONS = ("increase", "decrease", "probe")
 REJECTION_REASONS = ("rate_limit", "capacity")
+
+
+# The `method` label: the methods an HTTP API uses; anything else a caller invents is
+# "other", so the label stays bounded.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
 
 
 class ModelLabels:
@@ -180,6 +189,10 @@ class ProxyMetrics:
     ) -> None:
         self.variant = variant
         self.registry = registry if registry is not None else CollectorRegistry()
+        # Bounded: methods, routes and status codes all come from small fixed sets.
+        self._request_series: dict[
+            tuple[str, str, str], tuple[Counter, Histogram, Histogram, Histogram]
+        ] = {}
         r = self.registry
         v = variant
 
@@ -304,6 +317,34 @@ class ProxyMetrics:
         self.rate_limit_wait.labels(v)
         for route in ROUTES[:1]:
             self.request_size.labels("POST", route, v)
+
+    def request_done(
+        self,
+        method: str,
+        route: str,
+        status: str,
+        duration: float,
+        request_bytes: int,
+        response_bytes: int,
+    ) -> None:
+        """The four per-request series; their label children are looked up once per
+        label set (prometheus_client's labels() validates and locks on every call)."""
+        key = (method, route, status)
+        series = self._request_series.get(key)
+        if series is None:
+            v = self.variant
+            series = (
+                self.requests.labels(method, route, status, v),
+                self.duration.labels(method, route, status, v),
+                self.request_size.labels(method, route, v),
+                self.response_size.labels(method, route, status, v),
+            )
+            self._request_series[key] = series
+        requests, durations, request_sizes, response_sizes = series
+        requests.inc()
+        durations.observe(duration)
+        request_sizes.observe(request_bytes)
+        response_sizes.observe(response_bytes)
 
     def retry(self, reason: str) -> None:
         self.retry_attempts.labels("retry", self.variant).inc()
