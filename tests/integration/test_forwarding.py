@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 from functools import partial
@@ -10,7 +11,7 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import UPSTREAM_KEY, ProxyHandle, StartProxy
+from tests.conftest import UPSTREAM_KEY, ProxyHandle, StartProxy, StartUpstream
 from zai_proxy.errors import RequestCreationError
 from zai_proxy.logs import JsonFormatter
 from zai_proxy.proxy.forward import Downstream, Exchange, Outcome
@@ -109,6 +110,29 @@ async def test_end_to_end_headers_pass_and_hop_by_hop_headers_do_not(
     for dropped in ("x-drop-me", "keep-alive", "proxy-authorization", "te"):
         assert record.header(dropped) is None, dropped
     assert record.header("host") == f"127.0.0.1:{upstream.port}"
+
+
+async def test_every_answer_carries_exactly_one_date(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    dated = await start_proxy(await start_upstream())
+    undated = await start_proxy(await start_upstream(date_header=False))
+    async with httpx.AsyncClient(timeout=10) as client:
+        answers = {
+            "upstream's date passed on": await client.post(
+                dated.url + "/v1/messages", json=MESSAGE
+            ),
+            "date added when the upstream sent none": await client.post(
+                undated.url + "/v1/messages", json=MESSAGE
+            ),
+            "the proxy's own error": await client.get(dated.url + "/v1/%2e%2e/%2e%2e/secret"),
+            "the proxy's own endpoint": await client.get(dated.origin + "/healthz"),
+        }
+    assert answers["the proxy's own error"].status_code == 400
+    for what, response in answers.items():
+        dates = response.headers.get_list("date")
+        assert len(dates) == 1, (what, dates)
+        assert email.utils.parsedate_to_datetime(dates[0]).tzinfo is not None, what
 
 
 async def test_body_is_forwarded_byte_for_byte(proxy: ProxyHandle, upstream: SimUpstream) -> None:

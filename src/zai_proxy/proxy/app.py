@@ -32,6 +32,7 @@ from ..errors import (
 from ..settings import ProxySettings
 from .accounting import Accountant
 from .forward import Downstream, Exchange, Forwarder, Outcome, throttled_response
+from .headers import http_date
 from .limiter import AdaptiveLimiter, LimiterConfig
 from .metrics import LiveState, ModelLabels, ProxyMetrics, method_label
 from .paths import Target, api_style, route_label, upstream_path
@@ -163,6 +164,11 @@ class ProxyApp:
         @app.after_serving
         async def _close() -> None:
             await self.close_client()
+
+        @app.after_request
+        async def _dated(response: Response) -> Response:
+            response.headers["Date"] = http_date().decode()
+            return response
 
         @app.route("/health")
         @app.route("/healthz")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import email.utils
 import math
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
 __all__ = [
     "HOP_BY_HOP",
     "header_value",
+    "http_date",
     "parse_retry_after",
     "request_headers",
     "response_headers",
@@ -66,10 +68,30 @@ def request_headers(
 
 
 def response_headers(upstream: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Headers for the client: the upstream's, minus hop-by-hop and framing."""
+    """Headers for the client: the upstream's, minus hop-by-hop and framing.
+
+    The upstream's Date is kept (hypercorn adds none of its own, so there is one), and
+    one is added when it sent none, as a forwarding recipient with a clock must."""
     pairs = [(name.lower(), value) for name, value in upstream]
     drop = _DROP_DOWNSTREAM | _connection_tokens(pairs)
-    return [(name, value) for name, value in pairs if name not in drop]
+    out = [(name, value) for name, value in pairs if name not in drop]
+    if not any(name == b"date" for name, _ in out):
+        out.append((b"date", http_date()))
+    return out
+
+
+_date_second = -1
+_date_value = b""
+
+
+def http_date() -> bytes:
+    """Now as an HTTP-date (IMF-fixdate), formatted once a second."""
+    global _date_second, _date_value
+    second = int(time.time())
+    if second != _date_second:
+        _date_value = email.utils.formatdate(second, usegmt=True).encode()
+        _date_second = second
+    return _date_value
 
 
 def parse_retry_after(value: bytes | str | None, *, now: datetime | None = None) -> float | None:

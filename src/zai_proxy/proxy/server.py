@@ -43,6 +43,9 @@ def hypercorn_config(host: str, port: int, graceful_timeout: float) -> Config:
     config.bind = [f"{bind_host}:{port}"]
     config.graceful_timeout = graceful_timeout
     config.include_server_header = False
+    # Agents hold their connections for hours; hypercorn's default closes one every
+    # 1,000 requests, which costs a reconnect and fails a request now and then.
+    config.keep_alive_max_requests = 100_000
     config.keep_alive_timeout = 75.0
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -75,6 +78,9 @@ async def serve_proxy(
     """Serve until `stop` is set, then drain in-flight requests up to SHUTDOWN_TIMEOUT."""
     app = ProxyApp(settings)
     config = hypercorn_config(settings.listen_host, settings.listen_port, settings.shutdown_timeout)
+    # The proxy passes the upstream's Date on and dates its own answers
+    # (headers.http_date): hypercorn's would make two Date headers on forwarded ones.
+    config.include_date_header = False
 
     def crashed(name: str) -> None:
         app.metrics.task_restarts.labels(name, app.metrics.variant).inc()

@@ -11,6 +11,7 @@ import json
 import math
 
 from ..errors import ProxyError
+from .headers import http_date
 from .paths import ApiStyle
 
 __all__ = ["error_body", "error_headers", "sse_error_event"]
@@ -40,6 +41,7 @@ def error_headers(error: ProxyError, body: bytes, request_id: str) -> list[tuple
         (b"content-length", str(len(body)).encode()),
         (b"request-id", request_id.encode()),
         (b"x-request-id", request_id.encode()),
+        (b"date", http_date()),
     ]
     if error.retry_after is not None:
         headers.append((b"retry-after", retry_after_value(error.retry_after)))

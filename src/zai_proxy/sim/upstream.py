@@ -13,6 +13,7 @@ writes it out.
 
 from __future__ import annotations
 
+import email.utils
 import enum
 import hashlib
 import hmac
@@ -255,6 +256,8 @@ class UpstreamConfig:
     fault_rate: float = 0.0
     fault_mix: tuple[tuple[Fault, float], ...] = _DEFAULT_FAULT_MIX
     seed: int = 0
+    # Send a Date header, as real servers do.
+    date_header: bool = True
     # (duration, limit) steps, repeated for as long as the server runs.
     limit_schedule: tuple[tuple[float, float | None], ...] = ()
     # Share of the prompt treated as a cached prefix when the request has no
@@ -921,6 +924,8 @@ class SimUpstream:
         if reply.reset:
             return _After.RESET
         headers = [("request-id", record.request_id), ("server", "zai-proxy-sim"), *reply.headers]
+        if self.config.date_header:
+            headers.append(("date", email.utils.formatdate(usegmt=True)))
         if reply.events is None:
             headers.append(("content-length", str(len(reply.body))))
         response = h11.Response(
