@@ -48,7 +48,9 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             max_keepalive_connections=self._shard_size,
             keepalive_expiry=keepalive_expiry,
         )
-        self._shards = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(count)]
+        # One TLS context for all: each loads the CA bundle, some 40 ms and 60 KiB apiece.
+        tls = httpx.create_ssl_context()
+        self._shards = [httpx.AsyncHTTPTransport(verify=tls, limits=limits) for _ in range(count)]
         # Requests each shard is carrying: sent, and their response not yet closed.
         self._load = [0] * count
 
