@@ -135,6 +135,20 @@ async def test_every_answer_carries_exactly_one_date(
         assert email.utils.parsedate_to_datetime(dates[0]).tzinfo is not None, what
 
 
+async def test_upstream_cookies_are_never_sent_on_with_other_requests(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    # One agent's upstream session must not ride along on every other agent's requests.
+    upstream = await start_upstream(set_cookie="affinity=node-7; Path=/")
+    proxy = await start_proxy(upstream)
+    async with httpx.AsyncClient(timeout=10) as first, httpx.AsyncClient(timeout=10) as second:
+        answered = await first.post(proxy.url + "/v1/messages", json=MESSAGE)
+        await second.post(proxy.url + "/v1/messages", json=MESSAGE)
+    # The caller still sees the upstream's answer as it was.
+    assert answered.headers["set-cookie"] == "affinity=node-7; Path=/"
+    assert [record.header("cookie") for record in list(upstream.records)[-2:]] == [None, None]
+
+
 async def test_body_is_forwarded_byte_for_byte(proxy: ProxyHandle, upstream: SimUpstream) -> None:
     # Odd spacing, key order, unicode escapes and fields the proxy knows nothing about
     # (thinking, cache_control, system arrays) must arrive exactly as sent.

@@ -258,6 +258,9 @@ class UpstreamConfig:
     seed: int = 0
     # Send a Date header, as real servers do.
     date_header: bool = True
+    # A Set-Cookie header value on every answer (load balancers in front of real APIs
+    # set affinity cookies), or None.
+    set_cookie: str | None = None
     # (duration, limit) steps, repeated for as long as the server runs.
     limit_schedule: tuple[tuple[float, float | None], ...] = ()
     # Share of the prompt treated as a cached prefix when the request has no
@@ -926,6 +929,8 @@ class SimUpstream:
         headers = [("request-id", record.request_id), ("server", "zai-proxy-sim"), *reply.headers]
         if self.config.date_header:
             headers.append(("date", email.utils.formatdate(usegmt=True)))
+        if self.config.set_cookie is not None:
+            headers.append(("set-cookie", self.config.set_cookie))
         if reply.events is None:
             headers.append(("content-length", str(len(reply.body))))
         response = h11.Response(
