@@ -37,8 +37,8 @@ SEED_000 = [
     (
         "Concurrent Requests",
         "Concurrent requests",
-        {"stat", "gauge"},
-        ["zai_proxy_concurrent_requests"],
+        {"gauge"},
+        ["sum by (variant) (zai_proxy_concurrent_requests"],
     ),
     ("Success Rate", "Success rate (2xx)", {"stat"}, ['status_code=~"2.."']),
     ("Request Rate by Status", "Request rate by status", {"timeseries"}, ["status_code"]),
@@ -77,6 +77,7 @@ SEED_002 = [
         ["zai_proxy_worker_utilization_ratio"],
     ),
     ("Request Rate", "Request rate by variant", ["zai_proxy_requests_total"]),
+    ("Concurrent Requests (gauge)", "Concurrent requests", ["zai_proxy_concurrent_requests"]),
     ("Error Rate (5xx %)", "Error rate (5xx) by variant", ['status_code=~"5.."']),
     (
         "Latency Comparison (P50/P95)",
