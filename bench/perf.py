@@ -90,14 +90,16 @@ class Plan:
     soak_seconds: float
     soak_rate: float
     sample_every: float
+    c1_wrk_seconds: float
+    c1_wrk_rounds: int
 
     @classmethod
     def full(cls, soak: float) -> Plan:
-        return cls(2000, 100, 40, 20, 5.0, 10.0, 2, 1000, soak, 50.0, 5.0)
+        return cls(2000, 100, 40, 20, 5.0, 10.0, 2, 1000, soak, 50.0, 5.0, 5.0, 3)
 
     @classmethod
     def quick(cls) -> Plan:
-        return cls(200, 20, 8, 20, 5.0, 3.0, 1, 200, 20.0, 50.0, 2.0)
+        return cls(200, 20, 8, 20, 5.0, 3.0, 1, 200, 20.0, 50.0, 2.0, 2.0, 1)
 
 
 class Unavailable(Exception):
@@ -636,8 +638,10 @@ def _wrk_ms(text: str) -> float:
 
 
 def run_wrk(port: int, seconds: float, script: Path, connections: int = 64) -> Throughput:
+    threads = min(2, connections)
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "10s"]
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+        + ["--timeout", "10s"]
         + ["-s", str(script), f"http://{HOST}:{port}{PATH}"],
         capture_output=True,
         text=True,
@@ -750,6 +754,33 @@ def measure_c64(
             p99_ms=max(r.p99_ms for r in rs),
             errors=sum(r.errors for r in rs),
             cpu_ms=statistics.fmean(r.cpu_ms for r in rs),
+        )
+        for name, rs in runs.items()
+    }
+
+
+def measure_c1_wrk(
+    targets: Sequence[Service], plan: Plan, tmp: Path
+) -> dict[str, Throughput] | None:
+    """Concurrency 1 again, with wrk as the client: a Python client shares the two cores
+    with the proxy and the upstream, and its own scheduling lands in the figures.  Rounds
+    of `c1_wrk_seconds` per target, the order alternating; medians of the rounds.  None
+    without wrk."""
+    if not shutil.which("wrk"):
+        return None
+    script = tmp / "post-c1.lua"
+    script.write_text(_WRK_LUA.format(body=json.dumps(REQUEST.decode())))
+    runs: dict[str, list[Throughput]] = {t.name: [] for t in targets}
+    for round_ in range(plan.c1_wrk_rounds):
+        order = list(targets) if round_ % 2 == 0 else list(reversed(targets))
+        for target in order:
+            runs[target.name].append(run_wrk(target.port, plan.c1_wrk_seconds, script, 1))
+    return {
+        name: Throughput(
+            rps=statistics.median(r.rps for r in rs),
+            p50_ms=statistics.median(r.p50_ms for r in rs),
+            p99_ms=statistics.median(r.p99_ms for r in rs),
+            errors=sum(r.errors for r in rs),
         )
         for name, rs in runs.items()
     }
@@ -1064,6 +1095,32 @@ def run(plan: Plan, with_litellm: bool) -> None:
         for t in targets:
             table.add(t.name, c1_row(t.name), d_ref, n_ref)
         print(table.render(), flush=True)
+
+        # c=1 latency again, wrk as the client
+        by_wrk = measure_c1_wrk(targets, plan, tmp)
+        if by_wrk is None:
+            print("\nconcurrency 1 by wrk: wrk is not installed (apt install wrk)")
+        else:
+            base_wrk = by_wrk["direct"]
+
+            def wrk_row(name: str) -> list[float]:
+                r = by_wrk[name]
+                return [r.p50_ms, r.p99_ms, r.p50_ms - base_wrk.p50_ms, r.p99_ms - base_wrk.p99_ms]
+
+            table = Table(
+                f"\nconcurrency 1, non-streaming, wrk as the client: median of "
+                f"{plan.c1_wrk_rounds} rounds of {plan.c1_wrk_seconds:g} s per target (ms)",
+                [
+                    ("p50", True, True),
+                    ("p99", True, True),
+                    ("added p50", False, True),
+                    ("added p99", False, True),
+                ],
+            )
+            d_ref, n_ref = ref(wrk_row)
+            for t in targets:
+                table.add(t.name, wrk_row(t.name), d_ref, n_ref)
+            print(table.render(), flush=True)
 
         # streaming latency at c=1
         st = measure_streams_c1(targets, plan)
