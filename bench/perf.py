@@ -1073,43 +1073,15 @@ def run(plan: Plan, with_litellm: bool) -> None:
         def ref(get: Callable[[str], list[float]]) -> tuple[list[float] | None, ...]:
             return tuple(get(n) if n in by_name else None for n in ("direct", "nginx"))
 
-        # c=1 latency
-        lat = measure_c1(targets, plan)
-        base50, base99 = pct(lat["direct"], 50), pct(lat["direct"], 99)
+        def latency_table(title: str, p50s: dict[str, float], p99s: dict[str, float]) -> None:
+            """p50 and p99 per target, and what each adds to direct's."""
 
-        def c1_row(name: str) -> list[float]:
-            p50, p99 = pct(lat[name], 50), pct(lat[name], 99)
-            return [p50, p99, p50 - base50, p99 - base99]
-
-        table = Table(
-            f"\nconcurrency 1, non-streaming: {plan.c1_requests} requests per target, "
-            "interleaved (ms)",
-            [
-                ("p50", True, True),
-                ("p99", True, True),
-                ("added p50", False, True),
-                ("added p99", False, True),
-            ],
-        )
-        d_ref, n_ref = ref(c1_row)
-        for t in targets:
-            table.add(t.name, c1_row(t.name), d_ref, n_ref)
-        print(table.render(), flush=True)
-
-        # c=1 latency again, wrk as the client
-        by_wrk = measure_c1_wrk(targets, plan, tmp)
-        if by_wrk is None:
-            print("\nconcurrency 1 by wrk: wrk is not installed (apt install wrk)")
-        else:
-            base_wrk = by_wrk["direct"]
-
-            def wrk_row(name: str) -> list[float]:
-                r = by_wrk[name]
-                return [r.p50_ms, r.p99_ms, r.p50_ms - base_wrk.p50_ms, r.p99_ms - base_wrk.p99_ms]
+            def row(name: str) -> list[float]:
+                p50, p99 = p50s[name], p99s[name]
+                return [p50, p99, p50 - p50s["direct"], p99 - p99s["direct"]]
 
             table = Table(
-                f"\nconcurrency 1, non-streaming, wrk as the client: median of "
-                f"{plan.c1_wrk_rounds} rounds of {plan.c1_wrk_seconds:g} s per target (ms)",
+                title,
                 [
                     ("p50", True, True),
                     ("p99", True, True),
@@ -1117,10 +1089,31 @@ def run(plan: Plan, with_litellm: bool) -> None:
                     ("added p99", False, True),
                 ],
             )
-            d_ref, n_ref = ref(wrk_row)
+            d_ref, n_ref = ref(row)
             for t in targets:
-                table.add(t.name, wrk_row(t.name), d_ref, n_ref)
+                table.add(t.name, row(t.name), d_ref, n_ref)
             print(table.render(), flush=True)
+
+        # c=1 latency, a Python client, targets interleaved request by request
+        lat = measure_c1(targets, plan)
+        latency_table(
+            f"\nconcurrency 1, non-streaming: {plan.c1_requests} requests per target, "
+            "interleaved (ms)",
+            {name: pct(values, 50) for name, values in lat.items()},
+            {name: pct(values, 99) for name, values in lat.items()},
+        )
+
+        # c=1 latency again, wrk as the client
+        by_wrk = measure_c1_wrk(targets, plan, tmp)
+        if by_wrk is None:
+            print("\nconcurrency 1 by wrk: wrk is not installed (apt install wrk)")
+        else:
+            latency_table(
+                f"\nconcurrency 1, non-streaming, wrk as the client: median of "
+                f"{plan.c1_wrk_rounds} rounds of {plan.c1_wrk_seconds:g} s per target (ms)",
+                {name: r.p50_ms for name, r in by_wrk.items()},
+                {name: r.p99_ms for name, r in by_wrk.items()},
+            )
 
         # streaming latency at c=1
         st = measure_streams_c1(targets, plan)
