@@ -560,17 +560,24 @@
     if (state.countdownTimer) clearInterval(state.countdownTimer);
     state.retryTimer = null;
     state.countdownTimer = null;
-    document.getElementById("reconnect").hidden = true;
   }
 
   function connect() {
     clearRetry();
     if (state.source) state.source.close();
-    setConn("connecting");
+    // While retrying, the reconnect box stays up (no flicker at each attempt) and the
+    // state stays "reconnecting" until the server says hello.
+    if (state.attempt > 0) {
+      setConn("reconnecting");
+      document.getElementById("countdown").textContent = "Reconnecting now…";
+    } else {
+      setConn("connecting");
+    }
     var source = new EventSource("/api/events");
     state.source = source;
     source.addEventListener("connected", function (ev) {
       if (state.source !== source) return;
+      document.getElementById("reconnect").hidden = true;
       try {
         var info = JSON.parse(ev.data);
         if (typeof info.scrape_interval_s === "number" && info.scrape_interval_s > 0) {
