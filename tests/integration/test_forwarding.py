@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+from collections.abc import AsyncIterator
 from functools import partial
 
 import httpx
@@ -164,6 +165,42 @@ async def test_body_is_forwarded_byte_for_byte(proxy: ProxyHandle, upstream: Sim
         )
     assert response.status_code == 200
     assert upstream.records[-1].body == body
+
+
+async def test_a_chunked_request_reaches_the_upstream_with_content_length_only(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    body = json.dumps(MESSAGE).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body[:10]
+        yield body[10:]
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(
+            proxy.url + "/v1/messages",
+            content=chunks(),
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 200
+    record = upstream.records[-1]
+    assert record.body == body
+    assert record.header("content-length") == str(len(body))
+    assert record.header("transfer-encoding") is None
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/files/a%2Fb%20c", "/v1/files/%C3%A9t%C3%A9", "/v1/files/a%3Fb%23c", "/v1/files/a+b"],
+)
+async def test_a_percent_encoded_path_reaches_the_upstream_unchanged(
+    proxy: ProxyHandle, upstream: SimUpstream, path: str
+) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(proxy.url + path)
+    # The simulator has no /v1/files: its own 404 is passed on.
+    assert response.status_code == 404
+    assert upstream.records[-1].target == "/api/anthropic" + path
 
 
 async def test_response_carries_request_id_and_input_tokens(proxy: ProxyHandle) -> None:

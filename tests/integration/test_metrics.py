@@ -6,13 +6,16 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
+import anthropic
 import httpx
+import openai
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 import zai_proxy
-from tests.conftest import ProxyHandle, StartProxy
+from tests.conftest import ProxyHandle, StartProxy, StartUpstream
 from zai_proxy.proxy.metrics import MODEL_LABEL_CAP, ModelLabels
 from zai_proxy.proxy.paths import ROUTES
 from zai_proxy.proxy.usage import pricing_tier
@@ -127,6 +130,89 @@ async def test_openmetrics_is_served_when_asked(proxy: ProxyHandle) -> None:
     assert plain.headers["content-type"].startswith("text/plain")
 
 
+def test_model_label_falls_back_to_tokenizer_model_and_is_capped() -> None:
+    labels = ModelLabels("glm-4-default", cap=3)
+    assert labels.label(None) == "glm-4-default"
+    assert labels.label("") == "glm-4-default"
+    assert [labels.label(m) for m in ("a", "b", "a", "c", "d", "e", "b")] == [
+        "a",
+        "b",
+        "a",
+        "c",
+        "other",
+        "other",
+        "b",
+    ]
+    assert labels.label("x" * 500) == "other"
+
+
+def direction_totals(proxy: ProxyHandle, model: str) -> dict[str, float]:
+    tier = pricing_tier(datetime.now(UTC))
+    return {
+        direction: proxy.sample(
+            "zai_proxy_tokens_total", direction=direction, model=model, pricing_tier=tier
+        )
+        or 0.0
+        for direction in ("input", "output", "cache_read", "cache_write")
+    }
+
+
+async def test_each_token_direction_counts_exactly_what_the_upstream_reported(
+    proxy: ProxyHandle,
+) -> None:
+    # The SDKs read the usage the upstream sent; the four counters must equal their sums,
+    # direction by direction (a swap of cache_read and cache_write must show).
+    client = anthropic.AsyncAnthropic(base_url=proxy.url, api_key="agent", max_retries=0)
+    reported = {"input": 0, "output": 0, "cache_read": 0, "cache_write": 0}
+    # A prefix's first request writes the cache, later ones read it; both ways of
+    # answering (JSON and SSE) carry both kinds.
+    turns = [("q" * 1200, False), ("q" * 1200, True), ("r" * 2000, True), ("q" * 1200, False)]
+    with trio.fail_after(10):
+        for n, (prefix, streamed) in enumerate(turns):
+            request: Any = {
+                "model": "glm-4.7",
+                "max_tokens": 64,
+                "system": [
+                    {"type": "text", "text": prefix, "cache_control": {"type": "ephemeral"}}
+                ],
+                "messages": [{"role": "user", "content": f"turn {n}"}],
+            }
+            if streamed:
+                async with client.messages.stream(**request) as stream:
+                    usage = (await stream.get_final_message()).usage
+            else:
+                usage = (await client.messages.create(**request)).usage
+            reported["input"] += usage.input_tokens
+            reported["output"] += usage.output_tokens
+            reported["cache_read"] += usage.cache_read_input_tokens or 0
+            reported["cache_write"] += usage.cache_creation_input_tokens or 0
+    await proxy.settled()
+    # Unequal cache reads and writes, so a swap of the two cannot go unseen.
+    assert all(reported.values()) and reported["cache_read"] != reported["cache_write"], reported
+    assert direction_totals(proxy, "glm-4.7") == reported
+
+
+async def test_openai_cached_tokens_count_as_cache_reads_not_input(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    proxy = await start_proxy(await start_upstream(cache_ratio=0.5))
+    client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="agent", max_retries=0)
+    prompt = [{"role": "user", "content": "w " * 400}]
+    reported = {"input": 0, "output": 0, "cache_read": 0, "cache_write": 0}
+    with trio.fail_after(10):
+        for _ in range(2):
+            answer = await client.chat.completions.create(model="glm-4.5", messages=prompt)  # type: ignore[arg-type]
+            usage = answer.usage
+            assert usage is not None and usage.prompt_tokens_details is not None
+            cached = usage.prompt_tokens_details.cached_tokens or 0
+            reported["input"] += usage.prompt_tokens - cached
+            reported["output"] += usage.completion_tokens
+            reported["cache_read"] += cached
+    await proxy.settled()
+    assert reported["cache_read"] > 0
+    assert direction_totals(proxy, "glm-4.5") == reported
+
+
 async def test_labels_stay_bounded_after_10000_requests_with_random_paths_and_models(
     start_proxy: StartProxy,
 ) -> None:
@@ -202,22 +288,6 @@ async def test_counting_disabled_records_no_local_counts(start_proxy: StartProxy
     assert proxy.sample(
         "zai_proxy_tokens_total", direction="input", model="glm-4.6", pricing_tier=tier
     )
-
-
-def test_model_label_falls_back_to_tokenizer_model_and_is_capped() -> None:
-    labels = ModelLabels("glm-4-default", cap=3)
-    assert labels.label(None) == "glm-4-default"
-    assert labels.label("") == "glm-4-default"
-    assert [labels.label(m) for m in ("a", "b", "a", "c", "d", "e", "b")] == [
-        "a",
-        "b",
-        "a",
-        "c",
-        "other",
-        "other",
-        "b",
-    ]
-    assert labels.label("x" * 500) == "other"
 
 
 async def test_estimate_accuracy_is_recorded_for_sampled_requests(

@@ -217,6 +217,21 @@ def test_hold_windows_in_a_row_drop_the_rate() -> None:
     assert lim.rate == pytest.approx(9.7 * 0.98)
 
 
+def test_the_hold_streak_starts_again_after_a_persistent_decrease() -> None:
+    # After the streak's decrease, one more window in the 1-5 % band is a first one
+    # again: it holds, and only a full new streak decreases once more.
+    lim = limiter(hold_windows=2)
+    window(lim, 0.0, sends=100, ok=97, throttled=3)
+    window(lim, 10.0, sends=100, ok=97, throttled=3)
+    after_decrease = lim.rate
+    sends = int(lim.rate * 10)
+    adjustment = window(lim, 20.0, sends=sends, ok=sends - 2, throttled=2)
+    assert (adjustment.direction, adjustment.reason) == ("hold", "slightly throttled")
+    assert lim.rate == after_decrease
+    adjustment = window(lim, 30.0, sends=sends, ok=sends - 2, throttled=2)
+    assert (adjustment.direction, adjustment.reason) == ("decrease", "persistently throttled")
+
+
 def test_clean_windows_close_half_the_gap_to_the_hold_point() -> None:
     lim = limiter(shift_tolerance=0.2, probe_interval=10)
     throttled_to_ceiling_9(lim)

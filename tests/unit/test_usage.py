@@ -257,6 +257,24 @@ def test_message_delta_input_fields_replace_a_placeholder_zero() -> None:
     assert tracker.usage == Usage(input=700, output=42, cache_read=64)
 
 
+def test_a_later_placeholder_zero_never_erases_a_real_count() -> None:
+    # Real count first, placeholder after: only taking the maximum keeps 700 (a
+    # "latest wins" rule would pass the 0-then-700 test above and fail this one).
+    tracker = SSEUsageTracker("anthropic")
+    tracker.feed(
+        b'event: message_start\ndata: {"type":"message_start","message":{"usage":'
+        b'{"input_tokens":700,"output_tokens":1,"cache_read_input_tokens":64,'
+        b'"cache_creation_input_tokens":32}}}\n\n'
+    )
+    tracker.feed(
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{},"usage":'
+        b'{"input_tokens":0,"output_tokens":42,"cache_read_input_tokens":0,'
+        b'"cache_creation_input_tokens":0}}\n\n'
+    )
+    assert tracker.input_known == 700
+    assert tracker.usage == Usage(input=700, output=42, cache_read=64, cache_write=32)
+
+
 def test_output_tokens_take_the_latest_cumulative_value() -> None:
     tracker = SSEUsageTracker("anthropic")
     for n in (3, 10, 27):
