@@ -45,7 +45,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from zai_proxy.proxy.limiter import AdaptiveLimiter, Adjustment, LimiterConfig
+from zai_proxy.proxy import AdaptiveLimiter, Adjustment, LimiterConfig
 
 Mode = Literal["adaptive", "static", "retry-only"]
 

@@ -19,7 +19,7 @@ import httpx
 import trio
 import trio.testing
 
-from zai_proxy.proxy.server import serve_proxy
+from zai_proxy.proxy import serve_proxy
 from zai_proxy.settings import ProxySettings
 from zai_proxy.sim.upstream import SimUpstream, UpstreamConfig
 

@@ -19,7 +19,7 @@ import statistics
 import sysconfig
 import time
 
-from zai_proxy.proxy.tokenizer import TokenCounter, estimate_tokens, relative_error
+from zai_proxy.proxy import TokenCounter, estimate_tokens, relative_error
 
 SIZES = (1_000, 10_000, 100_000)
 RUNS = {1_000: 300, 10_000: 100, 100_000: 20}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 import trio
 
-from zai_proxy.proxy.server import RunningProxy, serve_proxy
+from zai_proxy.proxy import RunningProxy, serve_proxy
 from zai_proxy.settings import ProxySettings
 from zai_proxy.sim.upstream import SimUpstream, UpstreamConfig
 

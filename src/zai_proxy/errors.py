@@ -1,7 +1,8 @@
 """The small tree of errors zai-proxy raises and answers with.
 
-Foreign exceptions (httpx, trio timeouts) are mapped onto these at one boundary in
-`proxy.forward`; retry decisions look only at these classes.  Messages never contain the
+Foreign exceptions are mapped onto these at one boundary each: httpx's in
+`proxy.upstream_errors` (one table), the scrape client's in `dashboard.scrape`, SQLite's
+in `dashboard.store`.  Retry decisions look only at these classes.  Messages never contain the
 upstream key: they are built from fixed text and from values the caller sent.
 """
 
@@ -19,7 +20,11 @@ __all__ = [
     "RateLimited",
     "RequestCreationError",
     "RetryableError",
+    "ScrapeError",
     "SettingsError",
+    "StoreError",
+    "StreamBroken",
+    "StreamTimedOut",
     "TruncatedResponse",
     "Unauthorized",
     "UpstreamConnectionError",
@@ -38,6 +43,17 @@ class SettingsError(Exception):
         self.allowed = allowed
         shown = repr(value) if value else "(empty)"
         super().__init__(f"{variable}={shown} is not valid: expected {allowed}")
+
+
+class StoreError(SettingsError):
+    """DB_PATH cannot be used; the message says why in one line."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__("DB_PATH", path, f"a writable SQLite file path ({reason})")
+
+
+class ScrapeError(Exception):
+    """A scrape that gave no exposition; the message is safe to show (no userinfo)."""
 
 
 class ProxyError(Exception):
@@ -107,6 +123,19 @@ class RequestCreationError(UpstreamError):
 
 
 class UpstreamTimeout(UpstreamError):
+    status = 504
+    anthropic_type = "timeout_error"
+    error_type = "timeout"
+
+
+class StreamBroken(UpstreamError):
+    """The upstream's stream broke after the answer was committed to the client: it is
+    ended with an error event, never retried."""
+
+    error_type = "read_error"
+
+
+class StreamTimedOut(StreamBroken):
     status = 504
     anthropic_type = "timeout_error"
     error_type = "timeout"

@@ -19,6 +19,7 @@ from . import __version__
 from .errors import SettingsError
 
 __all__ = [
+    "VARIANTS",
     "DashboardSettings",
     "ProxySettings",
     "parse_duration",

@@ -15,7 +15,7 @@ import yaml
 
 from tests.conftest import require_tool
 from tests.deploy.manifests import DASHBOARD, RULE_TESTS, RULES, RULES_CRD, load_yaml
-from zai_proxy.proxy.metrics import LiveState, ProxyMetrics
+from zai_proxy.proxy import LiveState, ProxyMetrics
 
 EXPECTED_ALERTS = {
     # seed 004

@@ -23,9 +23,8 @@ import trio
 from playwright import sync_api as playwright_sync
 
 from tests.conftest import UPSTREAM_KEY, proxy_env, require_tool
-from zai_proxy.dashboard.server import RunningDashboard, serve_dashboard
-from zai_proxy.dashboard.snapshot import Snapshot
-from zai_proxy.proxy.server import RunningProxy, serve_proxy
+from zai_proxy.dashboard import RunningDashboard, Snapshot, serve_dashboard
+from zai_proxy.proxy import RunningProxy, serve_proxy
 from zai_proxy.settings import DashboardSettings, ProxySettings
 from zai_proxy.sim.upstream import Fault, SimUpstream, UpstreamConfig
 

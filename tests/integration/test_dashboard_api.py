@@ -14,12 +14,18 @@ import pytest
 import trio
 
 from tests.conftest import ProxyHandle
-from zai_proxy.dashboard.app import create_app
-from zai_proxy.dashboard.collector import Collector
-from zai_proxy.dashboard.hub import Hub
-from zai_proxy.dashboard.server import RunningDashboard, serve_app, serve_dashboard
-from zai_proxy.dashboard.snapshot import Snapshot
-from zai_proxy.dashboard.store import AsyncStore, Store, StoreError
+from zai_proxy.dashboard import (
+    AsyncStore,
+    Collector,
+    Hub,
+    RunningDashboard,
+    Snapshot,
+    Store,
+    create_app,
+    serve_app,
+    serve_dashboard,
+)
+from zai_proxy.errors import StoreError
 from zai_proxy.settings import DashboardSettings
 
 MESSAGE = {

@@ -12,12 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from zai_proxy.dashboard.app import create_app
-from zai_proxy.dashboard.collector import Collector
-from zai_proxy.dashboard.hub import Hub
-from zai_proxy.dashboard.server import serve_app
-from zai_proxy.dashboard.snapshot import Snapshot
-from zai_proxy.dashboard.store import AsyncStore, Store
+from zai_proxy.dashboard import AsyncStore, Collector, Hub, Snapshot, Store, create_app, serve_app
 from zai_proxy.settings import DashboardSettings
 
 TARGET = "http://zai-proxy:8080/metrics"

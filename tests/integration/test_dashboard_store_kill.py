@@ -9,8 +9,7 @@ from pathlib import Path
 
 import trio
 
-from zai_proxy.dashboard.snapshot import Snapshot
-from zai_proxy.dashboard.store import Store
+from zai_proxy.dashboard import Snapshot, Store
 
 DAY = 24 * 3600.0
 

@@ -29,10 +29,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from tests.conftest import ProxyHandle, StartProxy, StartUpstream, require_tool
-from zai_proxy.dashboard.collector import Collector, ScrapeLoop, fetch_metrics
-from zai_proxy.dashboard.hub import Hub
-from zai_proxy.dashboard.server import serve_app
-from zai_proxy.dashboard.snapshot import Snapshot
+from zai_proxy.dashboard import Collector, Hub, ScrapeLoop, Snapshot, fetch_metrics, serve_app
 
 SNAPSHOTS = 6
 LIVE_TOLERANCE = 0.02

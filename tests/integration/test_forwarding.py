@@ -15,7 +15,7 @@ import trio
 from tests.conftest import UPSTREAM_KEY, ProxyHandle, StartProxy, StartUpstream
 from zai_proxy.errors import RequestCreationError
 from zai_proxy.logs import JsonFormatter
-from zai_proxy.proxy.forward import Downstream, Exchange, Outcome
+from zai_proxy.proxy import Downstream, Exchange, Outcome
 from zai_proxy.sim.upstream import SimUpstream
 
 MESSAGE = {

@@ -16,9 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import zai_proxy
 from tests.conftest import ProxyHandle, StartProxy, StartUpstream
-from zai_proxy.proxy.metrics import MODEL_LABEL_CAP, ModelLabels
-from zai_proxy.proxy.paths import ROUTES
-from zai_proxy.proxy.usage import pricing_tier
+from zai_proxy.proxy import MODEL_LABEL_CAP, ROUTES, ModelLabels, pricing_tier
 from zai_proxy.sim.upstream import Fault, SimUpstream
 
 MESSAGE = {"model": "glm-4.6", "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}]}

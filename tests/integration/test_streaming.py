@@ -96,7 +96,7 @@ async def test_anthropic_stream_is_complete_and_usage_counted(
 def _tier() -> str:
     from datetime import UTC, datetime
 
-    from zai_proxy.proxy.usage import pricing_tier
+    from zai_proxy.proxy import pricing_tier
 
     return pricing_tier(datetime.now(UTC))
 

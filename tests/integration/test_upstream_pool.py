@@ -6,7 +6,7 @@ import httpx
 import trio
 
 from tests.conftest import UPSTREAM_KEY, StartUpstream
-from zai_proxy.proxy.upstream import UpstreamTransport
+from zai_proxy.proxy import UpstreamTransport
 from zai_proxy.sim.upstream import SimUpstream
 
 STREAM = {

@@ -11,15 +11,10 @@ import trio
 import trio.testing
 from prometheus_client import generate_latest
 
-from zai_proxy.dashboard.collector import (
-    Collector,
-    ScrapeError,
-    ScrapeLoop,
-    infer_variant,
-    without_userinfo,
-)
-from zai_proxy.dashboard.snapshot import Snapshot
-from zai_proxy.proxy.metrics import LiveState, ProxyMetrics
+from zai_proxy.dashboard import Collector, ScrapeLoop, Snapshot, infer_variant
+from zai_proxy.errors import ScrapeError
+from zai_proxy.proxy import LiveState, ProxyMetrics
+from zai_proxy.settings import without_userinfo
 
 URL = "http://zai-proxy:8080/metrics"
 CANARY_URL = "http://zai-proxy-test:8080/metrics"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_tool
-from zai_proxy.dashboard.promparse import histogram_quantile, increases, parse
+from zai_proxy.dashboard import histogram_quantile, increases, parse
 
 INF = math.inf
 

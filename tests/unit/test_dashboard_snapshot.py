@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from zai_proxy.dashboard.snapshot import Snapshot, average
+from zai_proxy.dashboard import Snapshot, average
 
 # The page and the demo read these names; changing one is changing the contract.
 CONTRACT = [

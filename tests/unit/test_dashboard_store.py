@@ -12,9 +12,8 @@ import pytest
 import trio
 import trio.testing
 
-from zai_proxy.dashboard.snapshot import Snapshot
-from zai_proxy.dashboard.store import Store, StoreError, run_maintenance
-from zai_proxy.errors import SettingsError
+from zai_proxy.dashboard import Snapshot, Store, run_maintenance
+from zai_proxy.errors import SettingsError, StoreError
 
 DAY = 24 * 3600.0
 WEEK = 7 * DAY

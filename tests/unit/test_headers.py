@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from zai_proxy.proxy.headers import (
+from zai_proxy.proxy import (
     HOP_BY_HOP,
     header_value,
     parse_retry_after,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from zai_proxy.proxy.limiter import AdaptiveLimiter, Adjustment, LimiterConfig, Ticket
+from zai_proxy.proxy import AdaptiveLimiter, Adjustment, LimiterConfig, Ticket
 
 # Mid-window decisions off, small windows: each rule test judges one window at a time.
 WINDOWED = LimiterConfig(initial=10.0, window=10.0, measure_time=0.0, min_answers=10)

@@ -1,4 +1,4 @@
-"""The limiter's window loop (`server.run_limiter`) and what it reports: exact virtual
+"""The limiter's window loop (`limiter_loop.run_limiter`) and what it reports: exact virtual
 times on the MockClock, the adjustments counter, and the log line of each decision."""
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from zai_proxy.proxy.app import ProxyApp
-from zai_proxy.proxy.limiter import Adjustment, Direction, Reason
-from zai_proxy.proxy.server import run_limiter
+from zai_proxy.proxy import Adjustment, ProxyApp, run_limiter
+from zai_proxy.proxy.limiter import Direction, Reason
 from zai_proxy.settings import ProxySettings
 
 WINDOW = 10.0
@@ -41,7 +40,7 @@ async def run_windows(app: ProxyApp, count: int) -> None:
     """Run the loop from now until half a window after its `count`-th tick."""
     with trio.move_on_at(trio.current_time() + (count + 0.5) * WINDOW):
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_limiter, app)
+            await nursery.start(run_limiter, app.limiter, app.metrics)
 
 
 def counted(app: ProxyApp, direction: str) -> float | None:

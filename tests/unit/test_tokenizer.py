@@ -15,13 +15,13 @@ import tiktoken.registry
 import trio
 import trio.testing
 
-from zai_proxy.proxy import tokenizer
-from zai_proxy.proxy.tokenizer import (
+from zai_proxy.proxy import (
     TokenCounter,
     count_request_async,
     count_text_async,
     estimate_tokens,
     relative_error,
+    tokenizer,
 )
 from zai_proxy.supervisor import tune_runtime
 

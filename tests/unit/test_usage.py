@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from zai_proxy.proxy.usage import (
+from zai_proxy.proxy import (
     ApiStyle,
     SSEUsageTracker,
     Usage,

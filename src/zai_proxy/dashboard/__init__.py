@@ -1,0 +1,93 @@
+"""The dashboard branch: its public names, one import away.
+
+Each room holds one concern; README's architecture section has the map."""
+
+from __future__ import annotations
+
+from .app import (
+    DEFAULT_RANGE,
+    RANGES,
+    STATIC_DIR,
+    VARIANT_CHOICES,
+    DashboardStats,
+    create_app,
+)
+from .collector import (
+    Collector,
+    TargetStatus,
+    infer_variant,
+)
+from .hub import (
+    CLIENT_BUFFER,
+    KEEPALIVE,
+    Hub,
+)
+from .promparse import (
+    Exposition,
+    histogram_quantile,
+    increases,
+    parse,
+)
+from .readings import (
+    Reading,
+    build_snapshot,
+    read,
+)
+from .scrape import (
+    MAX_EXPOSITION_BYTES,
+    ScrapeLoop,
+    fetch_metrics,
+)
+from .server import (
+    GRACEFUL_TIMEOUT,
+    RunningDashboard,
+    serve_app,
+    serve_dashboard,
+)
+from .snapshot import (
+    Snapshot,
+    average,
+)
+from .store import (
+    LONG_RANGE,
+    AsyncStore,
+    Maintenance,
+    Store,
+    run_maintenance,
+)
+
+__all__ = [
+    "CLIENT_BUFFER",
+    "DEFAULT_RANGE",
+    "GRACEFUL_TIMEOUT",
+    "KEEPALIVE",
+    "LONG_RANGE",
+    "MAX_EXPOSITION_BYTES",
+    "RANGES",
+    "STATIC_DIR",
+    "VARIANT_CHOICES",
+    "AsyncStore",
+    "Collector",
+    "DashboardStats",
+    "Exposition",
+    "Hub",
+    "Maintenance",
+    "Reading",
+    "RunningDashboard",
+    "ScrapeLoop",
+    "Snapshot",
+    "Store",
+    "TargetStatus",
+    "average",
+    "build_snapshot",
+    "create_app",
+    "fetch_metrics",
+    "histogram_quantile",
+    "increases",
+    "infer_variant",
+    "parse",
+    "read",
+    "run_maintenance",
+    "serve_app",
+    "serve_dashboard",
+]

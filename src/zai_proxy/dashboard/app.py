@@ -30,10 +30,9 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from .. import __version__
-from ..settings import DashboardSettings
-from .collector import Collector, without_userinfo
+from ..settings import VARIANTS, DashboardSettings, without_userinfo
+from .collector import Collector
 from .hub import Hub
-from .snapshot import VARIANTS
 from .store import AsyncStore
 
 __all__ = [

@@ -23,15 +23,15 @@ from functools import partial
 
 import httpx
 import trio
-from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
-from ..proxy.server import hypercorn_config
-from ..settings import DashboardSettings
-from ..supervisor import supervised, tune_runtime
+from ..serving import BackgroundTask, Listening, hypercorn_config, serve_asgi
+from ..settings import DashboardSettings, without_userinfo
+from ..supervisor import supervised
 from .app import DashboardStats, create_app
-from .collector import Collector, ScrapeLoop, fetch_metrics, without_userinfo
+from .collector import Collector
 from .hub import Hub
+from .scrape import ScrapeLoop, fetch_metrics
 from .snapshot import Snapshot
 from .store import AsyncStore, run_maintenance
 
@@ -44,18 +44,26 @@ _SNAPSHOT_QUEUE = 256
 
 
 @dataclass(frozen=True, slots=True)
-class RunningDashboard:
+class RunningDashboard(Listening):
     app: QuartTrio
     hub: Hub
     store: AsyncStore
     collector: Collector
     stats: DashboardStats
-    host: str
-    port: int
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self.origin
+
+
+def _end_streams(hub: Hub, stop: trio.Event) -> BackgroundTask:
+    # quart-trio does not end SSE streams on shutdown: they end when `stop` is set.
+    async def end_streams(*, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        await stop.wait()
+        hub.close()
+
+    return end_streams
 
 
 async def serve_app(
@@ -68,19 +76,13 @@ async def serve_app(
     graceful_timeout: float = GRACEFUL_TIMEOUT,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `app` until `stop`; started() with the bound port."""
+    """Serve `app` alone (no scraping) until `stop`; started() with the bound port."""
     config = hypercorn_config(host, port, graceful_timeout)
-
-    async def end_streams() -> None:
-        await stop.wait()
-        hub.close()
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(end_streams)
-        binds: list[str] = await nursery.start(
-            partial(serve, app, config, shutdown_trigger=stop.wait)
+        listening: Listening = await nursery.start(
+            partial(serve_asgi, app, config, stop, background=[_end_streams(hub, stop)])
         )
-        task_status.started(int(binds[0].rsplit(":", 1)[1]))
+        task_status.started(listening.port)
 
 
 async def _broadcast(
@@ -160,63 +162,48 @@ async def _run(
         emit=send.send,
         timeout=settings.scrape_timeout,
     )
+    background: list[BackgroundTask] = [
+        supervised(
+            "broadcast",
+            partial(_broadcast, receive, hub, store, stats),
+            on_crash=stats.restarted,
+        )
+    ]
+    for url in settings.scrape_targets:
+        name = f"scrape {without_userinfo(url)}"
+        background.append(supervised(name, partial(loop.run_target, url), on_crash=stats.restarted))
+    background.append(
+        supervised(
+            "store maintenance",
+            partial(run_maintenance, store, now=now),
+            on_crash=stats.restarted,
+        )
+    )
+    background.append(_end_streams(hub, stop))
+    config = hypercorn_config(settings.listen_host, settings.listen_port, GRACEFUL_TIMEOUT)
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(
-                supervised(
-                    "broadcast",
-                    partial(_broadcast, receive, hub, store, stats),
-                    on_crash=stats.restarted,
-                )
-            )
-            for url in settings.scrape_targets:
-                name = f"scrape {without_userinfo(url)}"
-                task = partial(loop.run_target, url)
-                await nursery.start(supervised(name, task, on_crash=stats.restarted))
-            await nursery.start(
-                supervised(
-                    "store maintenance",
-                    partial(run_maintenance, store, now=now),
-                    on_crash=stats.restarted,
-                )
-            )
-
-            async def serve_http(*, task_status: trio.TaskStatus[int]) -> None:
-                await serve_app(
-                    app,
-                    hub,
-                    settings.listen_host,
-                    settings.listen_port,
-                    stop,
-                    task_status=task_status,
-                )
-                nursery.cancel_scope.cancel()
-
-            port: int = await nursery.start(serve_http)
-            host = (
-                settings.listen_host
-                if settings.listen_host not in ("0.0.0.0", "::")
-                else "127.0.0.1"
+            listening: Listening = await nursery.start(
+                partial(serve_asgi, app, config, stop, background=background)
             )
             log.info(
                 "dashboard listening",
                 extra={
-                    "url": f"http://{host}:{port}",
+                    "url": listening.origin,
                     "targets": [without_userinfo(u) for u in settings.scrape_targets],
                     "scrape_interval_s": settings.scrape_interval,
                     "db_path": settings.db_path,
                 },
             )
-            tune_runtime()
             task_status.started(
                 RunningDashboard(
+                    host=listening.host,
+                    port=listening.port,
                     app=app,
                     hub=hub,
                     store=store,
                     collector=collector,
                     stats=stats,
-                    host=host,
-                    port=port,
                 )
             )
     finally:

@@ -21,9 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["VARIANTS", "Snapshot", "average"]
-
-VARIANTS = ("production", "canary")
+__all__ = ["Snapshot", "average"]
 
 
 @dataclass(frozen=True, slots=True)

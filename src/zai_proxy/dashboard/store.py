@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ..errors import SettingsError
+from ..errors import StoreError
 from .snapshot import Snapshot, average
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
     "AsyncStore",
     "Maintenance",
     "Store",
-    "StoreError",
     "run_maintenance",
 ]
 
@@ -78,13 +77,6 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 """
-
-
-class StoreError(SettingsError):
-    """DB_PATH cannot be used; the message says why in one line."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__("DB_PATH", path, f"a writable SQLite file path ({reason})")
 
 
 class _Corrupt(Exception):

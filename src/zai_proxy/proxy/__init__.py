@@ -1,0 +1,181 @@
+"""The proxy branch: its public names, one import away.
+
+Each room holds one concern; README's architecture section has the map."""
+
+from __future__ import annotations
+
+from .accounting import (
+    Accountant,
+    PricingTier,
+    pricing_tier,
+)
+from .app import (
+    ProxyApp,
+    create_app,
+)
+from .body import (
+    DRAIN_LIMIT,
+    DRAIN_SECONDS,
+    ClientGone,
+    extract_model,
+    is_streaming_request,
+    read_body,
+)
+from .exchange import (
+    Downstream,
+    Exchange,
+    Outcome,
+)
+from .forward import (
+    Forwarder,
+)
+from .headers import (
+    HOP_BY_HOP,
+    header_value,
+    http_date,
+    parse_retry_after,
+    request_headers,
+    response_headers,
+)
+from .limiter import (
+    AdaptiveLimiter,
+    Adjustment,
+    LimiterConfig,
+    Ticket,
+)
+from .limiter_loop import (
+    limiter_config,
+    report_adjustment,
+    run_limiter,
+)
+from .metrics import (
+    METHODS,
+    MODEL_LABEL_CAP,
+    LiveState,
+    ModelLabels,
+    ProxyMetrics,
+    method_label,
+)
+from .paths import (
+    ROUTES,
+    ApiStyle,
+    Target,
+    api_style,
+    route_label,
+    upstream_path,
+)
+from .server import (
+    RunningProxy,
+    serve_proxy,
+)
+from .texts import (
+    request_texts,
+    response_texts,
+    tool_call_texts,
+)
+from .tokenizer import (
+    ENCODING_NAME,
+    INLINE_MAX_BYTES,
+    TokenCounter,
+    count_request_async,
+    count_text_async,
+    estimate_tokens,
+    get_counter,
+    relative_error,
+)
+from .upstream import (
+    SHARD_SIZE,
+    UpstreamTransport,
+)
+from .upstream_errors import (
+    HTTPX_ERRORS,
+    Phase,
+    map_upstream_error,
+    upstream_errors,
+)
+from .usage import (
+    DIRECTIONS,
+    SSEUsageTracker,
+    Usage,
+    usage_from_answer,
+    usage_from_json,
+)
+from .wire import (
+    error_answer,
+    error_body,
+    retry_after_value,
+    stream_error_event,
+    throttled_answer,
+)
+
+__all__ = [
+    "DIRECTIONS",
+    "DRAIN_LIMIT",
+    "DRAIN_SECONDS",
+    "ENCODING_NAME",
+    "HOP_BY_HOP",
+    "HTTPX_ERRORS",
+    "INLINE_MAX_BYTES",
+    "METHODS",
+    "MODEL_LABEL_CAP",
+    "ROUTES",
+    "SHARD_SIZE",
+    "Accountant",
+    "AdaptiveLimiter",
+    "Adjustment",
+    "ApiStyle",
+    "ClientGone",
+    "Downstream",
+    "Exchange",
+    "Forwarder",
+    "LimiterConfig",
+    "LiveState",
+    "ModelLabels",
+    "Outcome",
+    "Phase",
+    "PricingTier",
+    "ProxyApp",
+    "ProxyMetrics",
+    "RunningProxy",
+    "SSEUsageTracker",
+    "Target",
+    "Ticket",
+    "TokenCounter",
+    "UpstreamTransport",
+    "Usage",
+    "api_style",
+    "count_request_async",
+    "count_text_async",
+    "create_app",
+    "error_answer",
+    "error_body",
+    "estimate_tokens",
+    "extract_model",
+    "get_counter",
+    "header_value",
+    "http_date",
+    "is_streaming_request",
+    "limiter_config",
+    "map_upstream_error",
+    "method_label",
+    "parse_retry_after",
+    "pricing_tier",
+    "read_body",
+    "relative_error",
+    "report_adjustment",
+    "request_headers",
+    "request_texts",
+    "response_headers",
+    "response_texts",
+    "retry_after_value",
+    "route_label",
+    "run_limiter",
+    "serve_proxy",
+    "stream_error_event",
+    "throttled_answer",
+    "tool_call_texts",
+    "upstream_errors",
+    "upstream_path",
+    "usage_from_answer",
+    "usage_from_json",
+]

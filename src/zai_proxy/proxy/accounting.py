@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import logging
 import random
-from datetime import datetime
+from datetime import datetime, time
+from typing import Final, Literal
+from zoneinfo import ZoneInfo
 
 import trio
 
-from .forward import Outcome
-from .metrics import DIRECTIONS, ModelLabels, ProxyMetrics
+from .exchange import Outcome
+from .metrics import ModelLabels, ProxyMetrics
 from .paths import ApiStyle
 from .tokenizer import TokenCounter, count_request_async, relative_error
-from .usage import Usage, pricing_tier
+from .usage import DIRECTIONS, Usage
 
-__all__ = ["Accountant"]
+__all__ = ["Accountant", "PricingTier", "pricing_tier"]
 
 log = logging.getLogger("zai_proxy.tokens")
 
@@ -28,6 +30,11 @@ log = logging.getLogger("zai_proxy.tokens")
 # "token count accuracy" evaluation running live at a small cost.
 ACCURACY_SAMPLE = 0.05
 GENERATION_ROUTES = frozenset({"/v1/messages", "/v1/chat/completions", "/v1/completions"})
+
+PricingTier = Literal["peak", "off_peak"]
+_NEW_YORK: Final = ZoneInfo("America/New_York")
+_PEAK_START: Final = time(2, 0)
+_PEAK_END: Final = time(6, 0)
 
 
 class Accountant:
@@ -134,3 +141,16 @@ class Accountant:
         if usage.input > 0 and duration > 0:
             m.token_rate.labels("input", model, v).observe(usage.input / duration)
             m.token_rate_seconds.labels("input", model, v).observe(duration / usage.input)
+
+
+def pricing_tier(now: datetime) -> PricingTier:
+    """Z.AI's 2x window: "peak" from 02:00 to 06:00 New York local time, else "off_peak".
+
+    ``now`` must be timezone-aware.  On the spring-forward day 02:00-03:00 does not
+    exist, so the window is 03:00-06:00 EDT; in autumn 01:00-02:00 happens twice, both
+    times off-peak.
+    """
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("pricing_tier needs an aware datetime")
+    local = now.astimezone(_NEW_YORK).time()
+    return "peak" if _PEAK_START <= local < _PEAK_END else "off_peak"

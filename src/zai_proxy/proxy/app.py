@@ -21,25 +21,20 @@ from prometheus_client import exposition
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from ..errors import (
-    BadRequest,
-    BodyTooLarge,
-    Overloaded,
-    ProxyError,
-    Unauthorized,
-    UpstreamThrottled,
-)
+from ..errors import Overloaded, ProxyError, Unauthorized, UpstreamThrottled
 from ..settings import ProxySettings
 from .accounting import Accountant
-from .forward import Downstream, Exchange, Forwarder, Outcome, throttled_response
+from .body import ClientGone, extract_model, read_body
+from .exchange import Downstream, Exchange, Outcome
+from .forward import Forwarder
 from .headers import http_date
-from .limiter import AdaptiveLimiter, LimiterConfig
+from .limiter import AdaptiveLimiter
+from .limiter_loop import limiter_config
 from .metrics import LiveState, ModelLabels, ProxyMetrics, method_label
-from .paths import Target, api_style, route_label, upstream_path
+from .paths import ApiStyle, Target, api_style, route_label, upstream_path
 from .tokenizer import TokenCounter
 from .upstream import UpstreamTransport
-from .usage import extract_model
-from .wire import error_body, error_headers
+from .wire import error_answer, error_body, throttled_answer
 
 __all__ = ["ProxyApp", "create_app"]
 
@@ -51,28 +46,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-# How much of an oversized request body is read and discarded before the 413 goes out.
-_DRAIN_LIMIT = 64 * 1024 * 1024
-_DRAIN_SECONDS = 10.0
-
 _OWN_PATHS = frozenset({"/health", "/healthz", "/metrics", "/admin/reset-rate-limit"})
-
-
-class _ClientGone(Exception):
-    """The client closed the connection before its request body arrived."""
-
-
-def limiter_config(settings: ProxySettings) -> LimiterConfig:
-    return LimiterConfig(
-        initial=settings.rate_limit_initial,
-        minimum=settings.rate_limit_min,
-        maximum=settings.rate_limit_max,
-        ceiling_alpha=settings.rate_limit_ceiling_alpha,
-        hold_margin=settings.rate_limit_hold_margin,
-        probe_interval=settings.rate_limit_probe_interval,
-        window=settings.rate_limit_window,
-        max_wait=settings.rate_limit_max_wait,
-    )
 
 
 class ProxyApp:
@@ -254,13 +228,13 @@ class ProxyApp:
         self.in_flight += 1
         try:
             try:
-                body = await self._read_body(headers, receive)
+                body = await read_body(headers, receive, self.settings.max_body_bytes)
                 path = upstream_path(raw_path, self.target)
             except ProxyError as exc:
                 error = exc
                 await self._send_error(downstream, exc, style, request_id, outcome)
                 return
-            except _ClientGone:
+            except ClientGone:
                 client_gone = True
                 return
             model = extract_model(body) if body else None
@@ -309,76 +283,20 @@ class ProxyApp:
                 now=datetime.now(UTC),
             )
 
-    async def _read_body(self, headers: list[tuple[bytes, bytes]], receive: Receive) -> bytes:
-        """The whole request body, or BodyTooLarge once it passes MAX_BODY_BYTES.
-
-        An oversized body is still read to its end (and thrown away, up to _DRAIN_LIMIT
-        bytes or _DRAIN_SECONDS): a server that answers and closes while the client is
-        still sending makes the kernel reset the connection, and the client then sees a
-        connection error instead of our 413.
-        """
-        limit = self.settings.max_body_bytes
-        declared: int | None = None
-        for name, value in headers:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    raise BadRequest("Content-Length is not a number") from None
-        too_large = BodyTooLarge(
-            f"request body of {declared if declared is not None else 'more than ' + str(limit)}"
-            f" bytes is over the {limit}-byte limit (MAX_BODY_BYTES)"
-        )
-        if declared is not None and declared > limit:
-            await self._drain(receive, declared)
-            raise too_large
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            chunk: bytes = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    parts.clear()
-                    if message.get("more_body", False):
-                        await self._drain(receive, None)
-                    raise too_large
-                parts.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(parts)
-
-    @staticmethod
-    async def _drain(receive: Receive, declared: int | None) -> None:
-        if declared is not None and declared > _DRAIN_LIMIT:
-            return
-        drained = 0
-        with trio.move_on_after(_DRAIN_SECONDS):
-            while drained <= _DRAIN_LIMIT:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise _ClientGone
-                drained += len(message.get("body", b""))
-                if not message.get("more_body", False):
-                    return
-
     async def _send_error(
         self,
         downstream: Downstream,
         error: ProxyError,
-        style: str,
+        style: ApiStyle,
         request_id: str,
         outcome: Outcome,
     ) -> None:
         outcome.status = error.status
         if downstream.started:
             return
-        body = error_body(error, "openai" if style == "openai" else "anthropic")
+        headers, body = error_answer(error, style, request_id)
         outcome.response_bytes = len(body)
-        await downstream.start(error.status, error_headers(error, body, request_id))
-        await downstream.body(body, more=False)
+        await downstream.answer(error.status, headers, body)
 
     async def _send_throttled(
         self, downstream: Downstream, error: UpstreamThrottled, request_id: str, outcome: Outcome
@@ -386,11 +304,10 @@ class ProxyApp:
         fallback = max(
             self.limiter.retry_after(trio.current_time()), self.settings.retry_backoff_base
         )
-        headers, body = throttled_response(error, request_id, fallback)
+        headers, body = throttled_answer(error, request_id, fallback)
         outcome.status = 429
         outcome.response_bytes = len(body)
-        await downstream.start(429, headers)
-        await downstream.body(body, more=False)
+        await downstream.answer(429, headers, body)
 
     def _finish(
         self,

@@ -1,45 +1,42 @@
 """One client request, carried to the upstream and back: attempts, retries, streaming.
 
-This is the boundary where httpx's exceptions become ours (`errors.py`); the retry loop
-above it decides only on our classes.  Nothing is written to the client until an answer
-has been validated: a non-streaming body is read whole and parsed, a stream's first chunk
-is peeked.  After that the answer is committed and the stream is relayed chunk by chunk,
-each written the moment it arrives.
+Every call that touches the upstream runs inside `upstream_errors(phase)`, where httpx's
+exceptions become ours (`upstream_errors.py`); the retry loop decides only on our
+classes.  Nothing is written to the client until an answer has been validated: a
+non-streaming body is read whole and parsed, a stream's first chunk is peeked.  After
+that the answer is committed and the stream is relayed chunk by chunk, each written the
+moment it arrives.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
 import httpx
 import trio
 
 from ..errors import (
-    ConnectTimeout,
     EmptyStream,
     RateLimited,
-    RequestCreationError,
     RetryableError,
+    StreamBroken,
     TruncatedResponse,
-    UpstreamConnectionError,
     UpstreamError,
     UpstreamThrottled,
-    UpstreamTimeout,
 )
+from .exchange import Downstream, Exchange, Outcome
 from .headers import header_value, parse_retry_after, request_headers, response_headers
-from .limiter import AdaptiveLimiter, Adjustment
+from .limiter import AdaptiveLimiter
+from .limiter_loop import report_adjustment
 from .metrics import ProxyMetrics
-from .paths import ApiStyle
-from .usage import SSEUsageTracker, Usage, usage_from_answer
-from .wire import retry_after_value
+from .upstream_errors import HTTPX_ERRORS, Phase, upstream_errors
+from .usage import SSEUsageTracker, usage_from_answer
+from .wire import stream_error_event
 
-__all__ = ["Downstream", "Exchange", "Forwarder", "Outcome", "report_adjustment"]
+__all__ = ["Forwarder"]
 
 log = logging.getLogger("zai_proxy.proxy")
-limiter_log = logging.getLogger("zai_proxy.limiter")
 
 # How much of a stream's first chunk is inspected before committing (seed: 4 KiB).
 PEEK_BYTES = 4096
@@ -55,52 +52,6 @@ _STREAM_ERROR_STATUS = {
     "timeout_error": 504,
     "invalid_request_error": 400,
 }
-
-
-@dataclass(slots=True)
-class Exchange:
-    """The client's request, read whole (bodies are capped at MAX_BODY_BYTES)."""
-
-    method: str
-    url: httpx.URL
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    style: ApiStyle
-    request_id: str
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What happened to one request: read by the app for its log line and metrics."""
-
-    status: int = 0
-    attempts: int = 0
-    committed: bool = False
-    streamed: bool = False
-    response_bytes: int = 0
-    error_type: str | None = None
-    usage: Usage | None = None
-    output_text_bytes: bytes = b""
-    output_text: str = ""
-    retry_reasons: list[str] = field(default_factory=list)
-
-
-class Downstream:
-    """Writes the response to the client through ASGI `send`."""
-
-    def __init__(self, send: Callable[[dict[str, object]], Awaitable[None]]) -> None:
-        self._send = send
-        self.started = False
-        self.ended = False
-
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.started = True
-        await self._send({"type": "http.response.start", "status": status, "headers": headers})
-
-    async def body(self, chunk: bytes, *, more: bool = True) -> None:
-        if not more:
-            self.ended = True
-        await self._send({"type": "http.response.body", "body": chunk, "more_body": more})
 
 
 class Forwarder:
@@ -206,29 +157,12 @@ class Forwarder:
         outcome: Outcome,
         sent_at: float,
     ) -> None:
-        try:
+        with upstream_errors(Phase.BUILD):
             request = self._client.build_request(
                 exchange.method, exchange.url, headers=headers, content=exchange.body
             )
-        except (httpx.InvalidURL, httpx.HTTPError, ValueError, TypeError) as exc:
-            raise RequestCreationError(
-                f"could not build the upstream request: {type(exc).__name__}"
-            ) from exc
-        try:
+        with upstream_errors(Phase.SEND):
             response = await self._transport.handle_async_request(request)
-        except httpx.LocalProtocolError as exc:
-            # Refused by our own HTTP/1.1 layer before anything went out.
-            raise RequestCreationError(
-                f"could not build the upstream request: {type(exc).__name__}"
-            ) from exc
-        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise ConnectTimeout("timed out connecting to the upstream") from exc
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout("the upstream did not answer in time") from exc
-        except httpx.TransportError as exc:
-            raise UpstreamConnectionError(
-                f"could not reach the upstream: {type(exc).__name__}"
-            ) from exc
         response.request = request
         try:
             status = response.status_code
@@ -263,12 +197,8 @@ class Forwarder:
         outcome: Outcome,
     ) -> None:
         status = response.status_code
-        try:
+        with upstream_errors(Phase.BODY):
             body = await response.aread()
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout("the upstream stopped sending its answer") from exc
-        except httpx.TransportError as exc:
-            raise TruncatedResponse("the upstream's answer was cut off") from exc
         if 200 <= status < 300 and exchange.method != "HEAD" and status != 204:
             if not body.strip():
                 raise TruncatedResponse("the upstream sent an empty body")
@@ -298,8 +228,7 @@ class Forwarder:
         outcome.status = status
         outcome.committed = True
         outcome.response_bytes = len(body)
-        await downstream.start(status, headers)
-        await downstream.body(body, more=False)
+        await downstream.answer(status, headers, body)
 
     async def _relay_stream(
         self,
@@ -309,12 +238,8 @@ class Forwarder:
         outcome: Outcome,
     ) -> None:
         chunks = response.aiter_bytes()
-        try:
+        with upstream_errors(Phase.STREAM_START):
             first = await anext(chunks, b"")
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout("the upstream's stream did not start in time") from exc
-        except httpx.TransportError as exc:
-            raise EmptyStream("the upstream's stream closed before its first byte") from exc
         if not first:
             raise EmptyStream("the upstream's stream closed before its first byte")
 
@@ -336,17 +261,16 @@ class Forwarder:
         await downstream.body(first)
         sent = len(first)
         last = first
-        broken: str | None = None
+        broken: UpstreamError | None = None
         try:
-            async for chunk in chunks:
-                tracker.feed(chunk)
-                await downstream.body(chunk)
-                sent += len(chunk)
-                last = chunk
-        except httpx.TimeoutException:
-            broken = "timeout"
-        except httpx.TransportError:
-            broken = "read_error"
+            with upstream_errors(Phase.STREAM):
+                async for chunk in chunks:
+                    tracker.feed(chunk)
+                    await downstream.body(chunk)
+                    sent += len(chunk)
+                    last = chunk
+        except StreamBroken as exc:
+            broken = exc
         tracker.finish()
         if (
             broken is None
@@ -355,13 +279,13 @@ class Forwarder:
             and tracker.error is None
         ):
             # A clean close without the protocol's end marker is a broken stream too.
-            broken = "read_error"
+            broken = StreamBroken("the upstream stream was interrupted")
         if broken is not None:
-            self._metrics.upstream_error(broken)
-            outcome.error_type = broken
-            outcome.status = 502 if broken == "read_error" else 504
+            self._metrics.upstream_error(broken.error_type)
+            outcome.error_type = broken.error_type
+            outcome.status = broken.status
             tail = b"" if last.endswith((b"\n\n", b"\r\n\r\n")) else b"\n\n"
-            event = tail + _stream_error(exchange.style, "the upstream stream was interrupted")
+            event = tail + stream_error_event(exchange.style, "the upstream stream was interrupted")
             await downstream.body(event)
             sent += len(event)
         elif tracker.error is not None:
@@ -373,48 +297,6 @@ class Forwarder:
             outcome.output_text = tracker.text
         outcome.response_bytes = sent
         await downstream.body(b"", more=False)
-
-
-def report_adjustment(metrics: ProxyMetrics, adjustment: Adjustment) -> None:
-    """One log line and one counter increment per limiter decision that changed the rate."""
-    if adjustment.direction == "hold":
-        limiter_log.debug("rate limit held", extra=_adjustment_fields(adjustment))
-        return
-    metrics.rate_limit_adjustments.labels(adjustment.direction, metrics.variant).inc()
-    limiter_log.info("rate limit adjusted", extra=_adjustment_fields(adjustment))
-
-
-def _adjustment_fields(adjustment: Adjustment) -> dict[str, object]:
-    return {
-        "direction": adjustment.direction,
-        "reason": adjustment.reason,
-        "old_rate": round(adjustment.old_rate, 3),
-        "new_rate": round(adjustment.new_rate, 3),
-        "ceiling": None if adjustment.ceiling is None else round(adjustment.ceiling, 3),
-        "observed": None if adjustment.observed is None else round(adjustment.observed, 3),
-        "throttled_fraction": round(adjustment.throttled_fraction, 4),
-        "answers": adjustment.answers,
-    }
-
-
-def throttled_response(
-    error: UpstreamThrottled, request_id: str, fallback_retry_after: float
-) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """The upstream's last 429, passed on with a Retry-After the client can rely on."""
-    headers = response_headers(error.headers)
-    if header_value(headers, b"retry-after") is None:
-        headers.append((b"retry-after", retry_after_value(fallback_retry_after)))
-    headers.append((b"content-length", str(len(error.body)).encode()))
-    headers.append((b"x-request-id", request_id.encode()))
-    return headers, error.body
-
-
-def _stream_error(style: ApiStyle, message: str) -> bytes:
-    if style == "openai":
-        data = json.dumps({"error": {"message": message, "type": "server_error"}})
-        return b"data: " + data.encode() + b"\n\n"
-    data = json.dumps({"type": "error", "error": {"type": "api_error", "message": message}})
-    return b"event: error\ndata: " + data.encode() + b"\n\n"
 
 
 def _is_event_stream(response: httpx.Response) -> bool:
@@ -436,8 +318,8 @@ async def _read_capped(response: httpx.Response) -> bytes:
             size += len(chunk)
             if size >= MAX_ERROR_BODY:
                 break
-    except httpx.TransportError:
-        pass
+    except HTTPX_ERRORS:
+        pass  # what arrived is passed on; the status says enough
     return b"".join(parts)[:MAX_ERROR_BODY]
 
 

@@ -75,7 +75,6 @@ SECONDS_PER_TOKEN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RELATIVE_ERROR_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
 
-DIRECTIONS = ("input", "output", "cache_read", "cache_write")
 RETRY_REASONS = ("retry", "network_error", "429", "truncated_response", "empty_streaming")
 UPSTREAM_ERROR_TYPES = (
     "422",

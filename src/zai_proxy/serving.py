@@ -1,0 +1,85 @@
+"""Serve one ASGI app on hypercorn's trio worker until a stop event: the one way both
+branches (proxy and dashboard) run their HTTP server.
+
+```
+serve_asgi
+├─ background tasks (started first, in order; cancelled once the server has stopped)
+└─ hypercorn.trio.serve(app)   until `stop`, then drains for at most graceful_timeout
+```
+`task_status.started()` reports where it listens, as a `Listening`, once the socket is
+bound; a wildcard host is reported as 127.0.0.1, the address a local client can use.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from .supervisor import tune_runtime
+
+__all__ = ["Listening", "hypercorn_config", "serve_asgi"]
+
+BackgroundTask = Callable[..., Awaitable[None]]
+"""Called as task(task_status=...) under `nursery.start`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    host: str
+    port: int
+
+    @property
+    def origin(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def hypercorn_config(
+    host: str, port: int, graceful_timeout: float, *, date_header: bool = True
+) -> Config:
+    config = Config()
+    bind_host = f"[{host}]" if ":" in host else host
+    config.bind = [f"{bind_host}:{port}"]
+    config.graceful_timeout = graceful_timeout
+    config.include_server_header = False
+    config.include_date_header = date_header
+    # Agents hold their connections for hours; hypercorn's default closes one every
+    # 1,000 requests, which costs a reconnect and fails a request now and then.
+    config.keep_alive_max_requests = 100_000
+    config.keep_alive_timeout = 75.0
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    # Proxied bodies are capped by MAX_BODY_BYTES in the app, not here.
+    config.h11_max_incomplete_size = 64 * 1024
+    return config
+
+
+async def serve_asgi(
+    app: Any,
+    config: Config,
+    stop: trio.Event,
+    *,
+    background: Sequence[BackgroundTask] = (),
+    task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `app` until `stop` is set and its connections have drained."""
+    async with trio.open_nursery() as nursery:
+        for task in background:
+            await nursery.start(task)
+
+        async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+        binds: list[str] = await nursery.start(http)
+        host = config.bind[0].rsplit(":", 1)[0].strip("[]")
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        tune_runtime()
+        task_status.started(Listening(host=host, port=int(binds[0].rsplit(":", 1)[1])))
