@@ -8,6 +8,13 @@ serve_asgi
 ```
 `task_status.started()` reports where it listens, as a `Listening`, once the socket is
 bound; a wildcard host is reported as 127.0.0.1, the address a local client can use.
+
+No single connection may take the server down.  hypercorn runs every connection in one
+nursery, so an exception it does not expect from one of them (a non-ASCII `:path` in a
+cleartext HTTP/2 request raised UnicodeDecodeError) used to end `serve` and the process
+with it.  `_GuardedTCPServer` closes that connection and logs it instead; it is put in
+place of hypercorn's TCPServer, which `hypercorn.trio.run` looks up each time a
+connection arrives.  Cancellation still passes: only `Exception` is caught.
 """
 
 from __future__ import annotations
@@ -17,16 +24,36 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import hypercorn.trio.run
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from hypercorn.trio.tcp_server import TCPServer
 
 from .supervisor import tune_runtime
 
 __all__ = ["Listening", "hypercorn_config", "serve_asgi"]
 
+log = logging.getLogger("zai_proxy.serving")
+
 BackgroundTask = Callable[..., Awaitable[None]]
 """Called as task(task_status=...) under `nursery.start`."""
+
+
+class _GuardedTCPServer(TCPServer):
+    async def run(self) -> None:
+        try:
+            await super().run()
+        except Exception as exc:
+            log.warning(
+                "closed a connection the HTTP server could not handle",
+                extra={"error": f"{type(exc).__name__}: {exc}"[:200]},
+            )
+            with trio.move_on_after(1, shield=True):
+                await self.stream.aclose()
+
+
+setattr(hypercorn.trio.run, "TCPServer", _GuardedTCPServer)  # noqa: B010
 
 
 @dataclass(frozen=True, slots=True)
