@@ -97,13 +97,20 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
 
-    def _get(self, name: str, default: str, parse: Callable[[str], T], allowed: str) -> T:
+    def _get(
+        self,
+        name: str,
+        default: str,
+        parse: Callable[[str], T],
+        allowed: str,
+        shown: Callable[[str], str] = str,
+    ) -> T:
         raw = self._env.get(name)
         text = default if raw is None or raw.strip() == "" else raw
         try:
             return parse(text)
         except (ValueError, TypeError):
-            raise SettingsError(name, text, allowed) from None
+            raise SettingsError(name, shown(text), allowed) from None
 
     def text(self, name: str, default: str) -> str:
         raw = self._env.get(name)
@@ -193,8 +200,28 @@ class _Reader:
             return value
 
         return self._get(
-            name, default, parse, "an http:// or https:// URL without userinfo or query"
+            name,
+            default,
+            parse,
+            "an http:// or https:// URL without userinfo or query",
+            shown=_redacted_url,
         )
+
+
+def _redacted_url(text: str) -> str:
+    """A bad URL as it may be shown: a password or query (which may hold a key) hidden."""
+    try:
+        parts = urlsplit(text.strip())
+        if parts.password is not None:
+            host = parts.netloc.rpartition("@")[2]
+            parts = parts._replace(netloc=f"{parts.username}:***@{host}")
+        if parts.query:
+            parts = parts._replace(query="***")
+        if parts.fragment:
+            parts = parts._replace(fragment="***")
+        return parts.geturl()
+    except ValueError:
+        return "(not a URL)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -248,6 +248,30 @@ async def test_path_that_could_escape_the_base_is_refused(
     assert upstream.total_requests == before
 
 
+@pytest.mark.parametrize("target", ["/v1/models#fragment", "/v1/models?a=1#b"])
+async def test_a_hash_in_the_request_target_is_400_not_500(
+    proxy: ProxyHandle, upstream: SimUpstream, caplog: pytest.LogCaptureFixture, target: str
+) -> None:
+    before = upstream.total_requests
+    with caplog.at_level(logging.INFO):
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.running.port)
+        await stream.send_all(
+            f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():
+                data += chunk
+        await stream.aclose()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    answer = json.loads(body)
+    assert answer["error"]["type"] == "invalid_request_error"
+    assert "'#'" in answer["error"]["message"]
+    assert upstream.total_requests == before
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 async def test_absolute_uri_request_target_is_refused(
     proxy: ProxyHandle, upstream: SimUpstream
 ) -> None:

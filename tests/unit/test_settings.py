@@ -82,7 +82,7 @@ def test_proxy_defaults_are_the_seeds() -> None:
         ("RETRY_BACKOFF_BASE", "-1s", "RETRY_BACKOFF_BASE='-1s' is not valid: expected a duration"),
         ("LISTEN_ADDR", "8080", "LISTEN_ADDR='8080' is not valid: expected HOST:PORT or :PORT"),
         ("ZAI_TARGET_URL", "ftp://x", "ZAI_TARGET_URL='ftp://x' is not valid: expected an http"),
-        ("ZAI_TARGET_URL", "https://u:p@x/api", "ZAI_TARGET_URL='https://u:p@x/api' is not valid"),
+        ("ZAI_TARGET_URL", "https://u@x/api", "ZAI_TARGET_URL='https://u@x/api' is not valid"),
         (
             "RATE_LIMIT_INITIAL",
             "500",
@@ -99,6 +99,22 @@ def test_bad_value_names_variable_value_and_what_is_allowed(
     text = str(caught.value)
     assert text.startswith(message)
     assert "\n" not in text and caught.value.variable == name
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("https://user:hunter2-secret@x/api", "'https://user:***@x/api'"),
+        ("https://x/api?key=hunter2-secret", "'https://x/api?***'"),
+        ("https://x/api#hunter2-secret", "'https://x/api#***'"),
+    ],
+)
+def test_a_bad_target_url_is_named_without_its_secret(value: str, shown: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        ProxySettings.from_env({"ZAI_API_KEY": "k", "ZAI_TARGET_URL": value})
+    text = str(caught.value)
+    assert text.startswith(f"ZAI_TARGET_URL={shown} is not valid")
+    assert "hunter2" not in text and "hunter2" not in repr(caught.value.value)
 
 
 def test_missing_key_is_an_error() -> None:

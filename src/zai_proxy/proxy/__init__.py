@@ -63,6 +63,7 @@ from .paths import (
     api_style,
     route_label,
     upstream_path,
+    upstream_target,
 )
 from .server import (
     RunningProxy,
@@ -176,6 +177,7 @@ __all__ = [
     "tool_call_texts",
     "upstream_errors",
     "upstream_path",
+    "upstream_target",
     "usage_from_answer",
     "usage_from_json",
 ]

@@ -31,9 +31,10 @@ from .headers import http_date
 from .limiter import AdaptiveLimiter
 from .limiter_loop import limiter_config
 from .metrics import LiveState, ModelLabels, ProxyMetrics, method_label
-from .paths import ApiStyle, Target, api_style, route_label, upstream_path
+from .paths import ApiStyle, Target, api_style, route_label, upstream_target
 from .tokenizer import TokenCounter
 from .upstream import UpstreamTransport
+from .upstream_errors import Phase, upstream_errors
 from .wire import error_answer, error_body, throttled_answer
 
 __all__ = ["ProxyApp", "create_app"]
@@ -229,7 +230,11 @@ class ProxyApp:
         try:
             try:
                 body = await read_body(headers, receive, self.settings.max_body_bytes)
-                path = upstream_path(raw_path, self.target)
+                request_target = upstream_target(
+                    raw_path, scope.get("query_string", b""), self.target
+                )
+                with upstream_errors(Phase.BUILD):
+                    url = self._origin.copy_with(raw_path=request_target)
             except ProxyError as exc:
                 error = exc
                 await self._send_error(downstream, exc, style, request_id, outcome)
@@ -238,8 +243,6 @@ class ProxyApp:
                 client_gone = True
                 return
             model = extract_model(body) if body else None
-            query: bytes = scope.get("query_string", b"")
-            url = self._origin.copy_with(raw_path=path + (b"?" + query if query else b""))
             exchange = Exchange(
                 method=method,
                 url=url,

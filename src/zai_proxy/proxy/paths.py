@@ -15,7 +15,15 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 from ..errors import BadRequest
 
-__all__ = ["ROUTES", "ApiStyle", "Target", "api_style", "route_label", "upstream_path"]
+__all__ = [
+    "ROUTES",
+    "ApiStyle",
+    "Target",
+    "api_style",
+    "route_label",
+    "upstream_path",
+    "upstream_target",
+]
 
 ApiStyle = Literal["anthropic", "openai"]
 
@@ -75,6 +83,16 @@ def upstream_path(raw_path: bytes, target: Target) -> bytes:
     if base and (decoded == base or decoded.startswith(base + b"/")):
         return raw_path
     return base + raw_path
+
+
+def upstream_target(raw_path: bytes, query: bytes, target: Target) -> bytes:
+    """The request target to send upstream: `upstream_path` and the query as sent, or
+    BadRequest.  A `#` is refused: a fragment never belongs in a request target, and
+    the part after it would be lost or mean something else upstream."""
+    if b"#" in raw_path or b"#" in query:
+        raise BadRequest("the request target may not contain '#'")
+    path = upstream_path(raw_path, target)
+    return path + b"?" + query if query else path
 
 
 def _relative(decoded_path: str, base_path: str) -> str:
