@@ -343,13 +343,18 @@ async def test_admin_reset_needs_the_token_when_one_is_set(
         wrong = await client.post(
             proxy.origin + "/admin/reset-rate-limit", headers={"Authorization": "Bearer nope"}
         )
-        allowed = await client.post(
-            proxy.origin + "/admin/reset-rate-limit",
-            headers={"Authorization": "Bearer let-me-in"},
+        wrong_scheme = await client.post(
+            proxy.origin + "/admin/reset-rate-limit", headers={"Authorization": "Basic let-me-in"}
         )
-    assert refused.status_code == 401 and wrong.status_code == 401
+        allowed = [
+            await client.post(
+                proxy.origin + "/admin/reset-rate-limit", headers={"Authorization": value}
+            )
+            for value in ("Bearer let-me-in", "bearer let-me-in", "BEARER  let-me-in")
+        ]
+    assert [r.status_code for r in (refused, wrong, wrong_scheme)] == [401, 401, 401]
     assert refused.json()["error"]["type"] == "authentication_error"
-    assert allowed.status_code == 200 and allowed.json()["status"] == "reset"
+    assert [(r.status_code, r.json()["status"]) for r in allowed] == [(200, "reset")] * 3
 
 
 async def test_admin_reset_is_open_without_a_token(proxy: ProxyHandle) -> None:

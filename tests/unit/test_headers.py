@@ -98,6 +98,13 @@ def test_upstream_framing_headers_never_come_down() -> None:
     assert response_headers(upstream) == [(b"date", b"d")]
 
 
+def test_the_upstreams_copies_of_the_proxys_own_headers_never_come_down() -> None:
+    # The proxy adds its own x-request-id and x-token-input to every forwarded answer;
+    # the upstream's would make each come twice.
+    upstream = [(b"X-Request-Id", b"up-1"), (b"x-token-input", b"9"), (b"request-id", b"r")]
+    assert names(response_headers(upstream)) == [b"request-id", b"date"]
+
+
 def test_a_date_is_added_only_when_the_upstream_sent_none() -> None:
     kept = response_headers([(b"Date", b"Tue, 01 Dec 2026 00:00:00 GMT")])
     assert kept == [(b"date", b"Tue, 01 Dec 2026 00:00:00 GMT")]

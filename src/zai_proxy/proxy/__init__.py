@@ -31,6 +31,7 @@ from .forward import (
 )
 from .headers import (
     HOP_BY_HOP,
+    OWN_HEADERS,
     header_value,
     http_date,
     parse_retry_after,
@@ -115,6 +116,7 @@ __all__ = [
     "DRAIN_SECONDS",
     "ENCODING_NAME",
     "HOP_BY_HOP",
+    "OWN_HEADERS",
     "HTTPX_ERRORS",
     "INLINE_MAX_BYTES",
     "METHODS",

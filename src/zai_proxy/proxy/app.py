@@ -166,9 +166,11 @@ class ProxyApp:
         async def reset_rate_limit() -> Any:
             token = self.settings.admin_token
             if token is not None:
-                given = request.headers.get("Authorization", "")
-                expected = f"Bearer {token}"
-                if not hmac.compare_digest(given.encode(), expected.encode()):
+                # The auth scheme is case-insensitive (RFC 9110 11.1); the token is not.
+                scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+                if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    given.strip().encode(), token.encode()
+                ):
                     error = Unauthorized("admin endpoints need Authorization: Bearer <ADMIN_TOKEN>")
                     body = error_body(error, "anthropic")
                     return Response(body, status=401, content_type="application/json")

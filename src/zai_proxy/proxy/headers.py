@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 __all__ = [
     "HOP_BY_HOP",
+    "OWN_HEADERS",
     "header_value",
     "http_date",
     "parse_retry_after",
@@ -44,8 +45,10 @@ _DROP_UPSTREAM = HOP_BY_HOP | {
 }
 
 # Never passed back: the body may be decoded and re-framed by us, so the upstream's
-# framing headers would lie.
-_DROP_DOWNSTREAM = HOP_BY_HOP | {b"content-length", b"content-encoding"}
+# framing headers would lie; and the headers the proxy sets itself on every forwarded
+# answer, which would otherwise come twice.
+OWN_HEADERS = frozenset({b"x-request-id", b"x-token-input"})
+_DROP_DOWNSTREAM = HOP_BY_HOP | OWN_HEADERS | {b"content-length", b"content-encoding"}
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
