@@ -27,6 +27,7 @@ __all__ = [
     "StreamTimedOut",
     "TruncatedResponse",
     "Unauthorized",
+    "UpstreamClosed",
     "UpstreamConnectionError",
     "UpstreamError",
     "UpstreamThrottled",
@@ -142,14 +143,26 @@ class StreamTimedOut(StreamBroken):
 
 
 class RetryableError(UpstreamError):
-    """An attempt failed in a way another attempt may fix.  `reason` is the retry label."""
+    """An attempt failed in a way another attempt may fix.  `reason` is the retry label.
+
+    `after_sent`: the upstream had the whole request when this happened, so it may have
+    acted on it; such a failure is retried only for a request that is safe to repeat."""
 
     reason: ClassVar[str] = "network_error"
+    after_sent: ClassVar[bool] = False
 
 
 class UpstreamConnectionError(RetryableError):
     reason = "network_error"
     error_type = "upstream_connection"
+
+
+class UpstreamClosed(RetryableError):
+    """The upstream closed the connection after the request went out, before answering."""
+
+    reason = "network_error"
+    error_type = "upstream_connection"
+    after_sent = True
 
 
 class ConnectTimeout(RetryableError):
@@ -164,11 +177,13 @@ class ConnectTimeout(RetryableError):
 class TruncatedResponse(RetryableError):
     reason = "truncated_response"
     error_type = "truncated_response"
+    after_sent = True
 
 
 class EmptyStream(RetryableError):
     reason = "empty_streaming"
     error_type = "empty_streaming"
+    after_sent = True
 
 
 class UpstreamThrottled(RetryableError):

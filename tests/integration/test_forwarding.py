@@ -46,6 +46,24 @@ async def test_full_path_keeps_the_base_path_once(
     assert upstream.records[-1].target == "/api/anthropic/v1/messages"
 
 
+@pytest.mark.parametrize(
+    ("path", "target"),
+    [
+        ("/api%2Fanthropic/v1/models", "/api/anthropic/api%2Fanthropic/v1/models"),
+        ("/api%2fanthropic/v1/models", "/api/anthropic/api%2fanthropic/v1/models"),
+        ("/%61pi/anthropic/v1/models", "/api/anthropic/%61pi/anthropic/v1/models"),
+    ],
+)
+async def test_a_path_that_only_decodes_to_the_base_path_gets_it_prepended(
+    proxy: ProxyHandle, upstream: SimUpstream, path: str, target: str
+) -> None:
+    # What goes upstream must literally start with the base path: a router that does
+    # not decode %2F would otherwise route it outside /api/anthropic/.
+    async with httpx.AsyncClient(timeout=10) as client:
+        await client.get(proxy.origin + path)
+    assert upstream.records[-1].target == target
+
+
 async def test_query_string_is_kept(proxy: ProxyHandle, upstream: SimUpstream) -> None:
     response = await post(proxy.url + "/v1/messages?beta=true&x=%2F1", MESSAGE)
     assert response.status_code == 200

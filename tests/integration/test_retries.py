@@ -207,3 +207,65 @@ async def test_other_statuses_pass_through_without_retry(
     assert response.status_code == status
     assert response.json()["type"] == "error"
     assert upstream.total_requests == 1
+
+
+BATCH = {"requests": [{"custom_id": "a", "params": MESSAGE}]}
+
+
+@pytest.mark.parametrize("fault", [Fault.reset(), Fault.truncated_json(), Fault.empty_body()])
+async def test_a_request_that_is_not_safe_to_repeat_is_sent_once(
+    proxy: ProxyHandle, upstream: SimUpstream, fault: Fault
+) -> None:
+    # The upstream read the whole batch before failing: it may have created it, so a
+    # second attempt could create it twice.  The client gets a 502 that says so.
+    upstream.script(fault)
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(proxy.url + "/v1/messages/batches", json=BATCH)
+    await proxy.settled()
+    assert response.status_code == 502
+    assert upstream.total_requests == 1
+    assert counter(proxy, "zai_proxy_retry_attempts_total", reason="retry") == 0
+    message = response.json()["error"]["message"]
+    assert "could not reach" not in message
+
+
+async def test_a_reset_after_the_request_went_out_says_the_upstream_closed_it(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    upstream.script(Fault.reset())
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(proxy.url + "/v1/messages/batches", json=BATCH)
+    assert response.status_code == 502
+    assert response.json()["error"]["message"].startswith("the upstream closed the connection")
+
+
+async def test_a_request_that_is_not_safe_to_repeat_is_still_retried_after_a_429(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    # A 429 means the upstream refused it: nothing was done, so a retry is safe.
+    upstream.script(Fault.status(429))
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(proxy.url + "/v1/messages/batches", json=BATCH)
+    assert response.status_code == 200 and response.json()["type"] == "message_batch"
+    assert upstream.total_requests == 2 and upstream.batches_created == 1
+
+
+@pytest.mark.parametrize("code", [200, 202])
+async def test_an_empty_answer_where_no_json_is_due_passes_through(
+    proxy: ProxyHandle, upstream: SimUpstream, code: int
+) -> None:
+    upstream.script(Fault.no_body(code))
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(proxy.url + "/v1/messages/batches", json=BATCH)
+    await proxy.settled()
+    assert (response.status_code, response.content) == (code, b"")
+    assert upstream.total_requests == 1
+
+
+async def test_an_empty_answer_where_json_is_due_is_still_retried(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    upstream.script(Fault.no_body(200))
+    response = await post(proxy)
+    assert response.status_code == 200 and response.json()["type"] == "message"
+    assert upstream.total_requests == 2

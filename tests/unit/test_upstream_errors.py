@@ -13,6 +13,7 @@ from zai_proxy.errors import (
     StreamBroken,
     StreamTimedOut,
     TruncatedResponse,
+    UpstreamClosed,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamTimeout,
@@ -48,7 +49,9 @@ def test_every_httpx_exception_maps_to_one_of_ours_in_every_phase(cls: type[Exce
         (Phase.SEND, httpx.PoolTimeout, ConnectTimeout, True),
         (Phase.SEND, httpx.ReadTimeout, UpstreamTimeout, False),
         (Phase.SEND, httpx.ConnectError, UpstreamConnectionError, True),
-        (Phase.SEND, httpx.RemoteProtocolError, UpstreamConnectionError, True),
+        (Phase.SEND, httpx.WriteError, UpstreamConnectionError, True),
+        (Phase.SEND, httpx.RemoteProtocolError, UpstreamClosed, True),
+        (Phase.SEND, httpx.ReadError, UpstreamClosed, True),
         (Phase.BODY, httpx.ReadTimeout, UpstreamTimeout, False),
         (Phase.BODY, httpx.ReadError, TruncatedResponse, True),
         (Phase.BODY, httpx.DecodingError, TruncatedResponse, True),
@@ -69,6 +72,21 @@ def test_each_phase_gives_the_error_its_point_calls_for(
     ours = map_upstream_error(phase, raised("boom"))
     assert type(ours) is expected
     assert isinstance(ours, RetryableError) is retryable
+
+
+def test_only_failures_after_the_request_went_out_are_marked_after_sent() -> None:
+    # Nothing reached the upstream: always safe to send again.
+    for cls in (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError):
+        ours = map_upstream_error(Phase.SEND, cls("x"))
+        assert isinstance(ours, RetryableError) and not ours.after_sent, cls
+    # The upstream had the whole request: it may have acted on it.
+    for phase, cls in (
+        (Phase.SEND, httpx.RemoteProtocolError),
+        (Phase.BODY, httpx.ReadError),
+        (Phase.STREAM_START, httpx.ReadError),
+    ):
+        ours = map_upstream_error(phase, cls("x"))
+        assert isinstance(ours, RetryableError) and ours.after_sent, (phase, cls)
 
 
 def test_a_broken_stream_is_502_and_a_stalled_one_504() -> None:

@@ -58,6 +58,8 @@ from .metrics import (
     method_label,
 )
 from .paths import (
+    IDEMPOTENT_METHODS,
+    JSON_ROUTES,
     ROUTES,
     ApiStyle,
     Target,
@@ -111,6 +113,8 @@ from .wire import (
 )
 
 __all__ = [
+    "IDEMPOTENT_METHODS",
+    "JSON_ROUTES",
     "DIRECTIONS",
     "DRAIN_LIMIT",
     "DRAIN_SECONDS",

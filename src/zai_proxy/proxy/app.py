@@ -252,6 +252,7 @@ class ProxyApp:
                 body=body,
                 style=style,
                 request_id=request_id,
+                route=route,
             )
             async with trio.open_nursery() as nursery:
                 gone = trio.Event()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from .paths import ApiStyle
+from .paths import IDEMPOTENT_METHODS, JSON_ROUTES, ApiStyle
 from .usage import Usage
 
 __all__ = ["Downstream", "Exchange", "Outcome"]
@@ -28,6 +28,18 @@ class Exchange:
     body: bytes
     style: ApiStyle
     request_id: str
+    route: str = "other"
+    """The bounded route label (paths.route_label)."""
+
+    @property
+    def repeatable(self) -> bool:
+        """Safe to send again after the upstream may have acted on it."""
+        return self.method in IDEMPOTENT_METHODS or self.route in JSON_ROUTES
+
+    @property
+    def expects_json(self) -> bool:
+        """A successful answer must carry a JSON body (generation and counting)."""
+        return self.route in JSON_ROUTES and self.method == "POST"
 
 
 @dataclass(slots=True)

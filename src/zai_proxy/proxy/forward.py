@@ -117,6 +117,10 @@ class Forwarder:
                 await self._attempt(exchange, headers, downstream, outcome, sent_at)
             except RetryableError as error:
                 self._metrics.upstream_error(error.error_type)
+                if error.after_sent and not exchange.repeatable:
+                    # The upstream had the whole request and may have acted on it
+                    # (created a batch, say); another attempt could do it twice.
+                    raise
                 last_error = error
                 continue
             except UpstreamError as error:
@@ -199,17 +203,19 @@ class Forwarder:
         status = response.status_code
         with upstream_errors(Phase.BODY):
             body = await response.aread()
-        if 200 <= status < 300 and exchange.method != "HEAD" and status != 204:
+        # Only an answer that must be JSON is checked: an empty 202, or a DELETE's empty
+        # text/plain 200, is a complete answer.
+        must_be_json = exchange.expects_json or _declares_json(response)
+        if 200 <= status < 300 and exchange.method != "HEAD" and status != 204 and must_be_json:
             if not body.strip():
                 raise TruncatedResponse("the upstream sent an empty body")
-            if _is_json(response):
-                try:
-                    answer = json.loads(body)
-                except (ValueError, RecursionError) as exc:
-                    raise TruncatedResponse("the upstream sent invalid JSON") from exc
-                outcome.usage = usage_from_answer(answer, exchange.style)
-                if outcome.usage is None:
-                    outcome.output_text_bytes = body
+            try:
+                answer = json.loads(body)
+            except (ValueError, RecursionError) as exc:
+                raise TruncatedResponse("the upstream sent invalid JSON") from exc
+            outcome.usage = usage_from_answer(answer, exchange.style)
+            if outcome.usage is None:
+                outcome.output_text_bytes = body
         if status == 422:
             self._metrics.upstream_error("422")
             log.warning(
@@ -304,9 +310,10 @@ def _is_event_stream(response: httpx.Response) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == "text/event-stream"
 
 
-def _is_json(response: httpx.Response) -> bool:
-    content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    return content_type == "application/json" or content_type.endswith("+json") or not content_type
+def _declares_json(response: httpx.Response) -> bool:
+    content_type: str = response.headers.get("content-type", "")
+    content_type = content_type.split(";", 1)[0].strip().lower()
+    return content_type == "application/json" or content_type.endswith("+json")
 
 
 async def _read_capped(response: httpx.Response) -> bytes:

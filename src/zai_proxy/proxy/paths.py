@@ -16,6 +16,8 @@ from urllib.parse import unquote_to_bytes, urlsplit
 from ..errors import BadRequest
 
 __all__ = [
+    "IDEMPOTENT_METHODS",
+    "JSON_ROUTES",
     "ROUTES",
     "ApiStyle",
     "Target",
@@ -39,6 +41,19 @@ ROUTES = (
     "/v1/responses",
 )
 _ROUTE_SET = frozenset(ROUTES)
+
+# Generation and counting: a success must carry a JSON body, and a retry after the
+# upstream took the request is one the official SDKs make too.
+JSON_ROUTES = frozenset(
+    {
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+    }
+)
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _OPENAI_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/responses")
 
 
@@ -79,8 +94,10 @@ def upstream_path(raw_path: bytes, target: Target) -> bytes:
         raise BadRequest("request path may not contain '.' or '..' segments")
     if any(byte < 0x20 or byte == 0x7F for byte in decoded):
         raise BadRequest("request path contains control characters")
+    # Decided on the raw path, the bytes that go upstream: `/api%2Fanthropic/v1` decodes
+    # to the base path but is not under it for a router that does not decode %2F.
     base = target.base_path.encode()
-    if base and (decoded == base or decoded.startswith(base + b"/")):
+    if base and (raw_path == base or raw_path.startswith(base + b"/")):
         return raw_path
     return base + raw_path
 

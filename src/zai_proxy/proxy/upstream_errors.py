@@ -24,6 +24,7 @@ from ..errors import (
     StreamBroken,
     StreamTimedOut,
     TruncatedResponse,
+    UpstreamClosed,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamTimeout,
@@ -78,6 +79,13 @@ _TABLE: dict[Phase, tuple[_Row, ...]] = {
         (httpx.ConnectTimeout, ConnectTimeout, "timed out connecting to the upstream"),
         (httpx.PoolTimeout, ConnectTimeout, "timed out connecting to the upstream"),
         (httpx.TimeoutException, UpstreamTimeout, "the upstream did not answer in time"),
+        # The request went out whole; the upstream closed before its status line.
+        (httpx.ReadError, UpstreamClosed, "the upstream closed the connection: {name}"),
+        (
+            httpx.RemoteProtocolError,
+            UpstreamClosed,
+            "the upstream closed the connection: {name}",
+        ),
         (Exception, UpstreamConnectionError, "could not reach the upstream: {name}"),
     ),
     Phase.BODY: (

@@ -25,6 +25,7 @@ import random
 import socket
 import struct
 import typing
+import zlib
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,9 @@ FaultKind = Literal[
     "die_mid_stream",
     "stop_mid_stream",
     "error_mid_stream",
+    "cut_mid_event",
+    "bad_gzip",
+    "no_body",
     "slow",
     "hang",
 ]
@@ -179,6 +183,23 @@ class Fault:
         return cls("error_mid_stream", after=after)
 
     @classmethod
+    def cut_mid_event(cls, after: int = 2) -> Fault:
+        """The connection drops halfway through event number ``after`` (0-based), in
+        the middle of its ``data:`` line."""
+        return cls("cut_mid_event", after=after)
+
+    @classmethod
+    def bad_gzip(cls, after: int = 0) -> Fault:
+        """A gzip-encoded answer whose compressed bytes turn to garbage: at once for a
+        JSON answer, after ``after`` good events for a stream."""
+        return cls("bad_gzip", after=after)
+
+    @classmethod
+    def no_body(cls, code: int = 202) -> Fault:
+        """Status ``code`` with no body and no content type, as a 202 or a DELETE has."""
+        return cls("no_body", code=code)
+
+    @classmethod
     def slow(cls, delay: float = 1.0, gap: float | None = None) -> Fault:
         return cls("slow", delay=delay, gap=gap)
 
@@ -212,7 +233,7 @@ class Fault:
                 typing.cast(FaultKind, kind),
                 code=int(options.get("code", code)),
                 retry_after=options.get("retry-after"),
-                after=int(options.get("after", 2 if kind.endswith("mid_stream") else 0)),
+                after=int(options.get("after", 2 if kind.endswith(("mid_stream", "event")) else 0)),
                 delay=float(options.get("delay", 1.0 if kind == "slow" else 0.0)),
                 gap=float(options["gap"]) if "gap" in options else None,
             )
@@ -623,6 +644,20 @@ class _Reply:
     hang: bool = False
 
 
+# A gzip header followed by bytes no inflater accepts.
+_GZIP_GARBAGE = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03" + b"\xff" * 64
+
+
+def _gzip_then_garbage(events: list[bytes], good: int) -> list[bytes]:
+    """The first `good` events gzip-compressed (each flushed, so each decodes as it
+    arrives), then bytes that break the inflater."""
+    compressor = zlib.compressobj(wbits=31)
+    out = [compressor.compress(e) + compressor.flush(zlib.Z_SYNC_FLUSH) for e in events[:good]]
+    if not out:
+        return [_GZIP_GARBAGE]
+    return [*out, b"\xff" * 64]
+
+
 def _json_reply(status: int, obj: object, headers: Sequence[tuple[str, str]] = ()) -> _Reply:
     return _Reply(status, [("content-type", "application/json"), *headers], body=_dumps(obj))
 
@@ -657,6 +692,7 @@ class _Incoming:
 
 _ROUTES = {
     "/v1/messages": "POST",
+    "/v1/messages/batches": "POST",
     "/v1/messages/count_tokens": "POST",
     "/v1/chat/completions": "POST",
     "/v1/models": "GET",
@@ -675,6 +711,7 @@ class SimUpstream:
         self.records: deque[RequestRecord] = deque(maxlen=_MAX_RECORDS)
         self.status_counts: Counter[int] = Counter()
         self.total_requests = 0
+        self.batches_created = 0
         self.hidden_limit_hits = 0
         self.active_connections = 0
         self.requests_in_flight = 0
@@ -1026,15 +1063,21 @@ class SimUpstream:
             return _Reply(200, [("content-type", "application/json")])
         if kind == "empty_stream":
             return _stream_reply([], 0.0)
+        if kind == "no_body" and fault is not None:
+            return _Reply(fault.code, [])
         try:
             payload = json.loads(body)
         except (UnicodeDecodeError, ValueError):
             return _error_reply(wire, 400, "Request body is not valid JSON")
-        if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
+        if route == "/v1/messages/batches":
+            if not isinstance(payload, dict) or not isinstance(payload.get("requests"), list):
+                return _error_reply(wire, 400, "requests: Field required")
+            reply = self._batch(payload["requests"])
+        elif not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
             return _error_reply(wire, 400, "messages: Field required")
-        if route != "/v1/messages/count_tokens" and not isinstance(payload.get("model"), str):
+        elif route != "/v1/messages/count_tokens" and not isinstance(payload.get("model"), str):
             return _error_reply(wire, 400, "model: Field required")
-        if route == "/v1/messages/count_tokens":
+        elif route == "/v1/messages/count_tokens":
             parts, _ = _prompt_text(payload)
             reply = _json_reply(200, {"input_tokens": _tokens(sum(map(len, parts)))})
         else:
@@ -1047,6 +1090,17 @@ class SimUpstream:
             reply.body = reply.body[: len(reply.body) // 2]
         elif kind == "die_mid_stream":
             reply.drop_after = fault.after
+        elif kind == "cut_mid_event" and reply.events is not None:
+            cut = min(fault.after, len(reply.events) - 1)
+            event = reply.events[cut]
+            reply.events = [*reply.events[:cut], event[: len(event) // 2]]
+            reply.drop_after = cut + 1
+        elif kind == "bad_gzip":
+            reply.headers.append(("content-encoding", "gzip"))
+            if reply.events is None:
+                reply.body = _GZIP_GARBAGE
+            else:
+                reply.events = _gzip_then_garbage(reply.events, fault.after)
         elif kind == "stop_mid_stream" and reply.events is not None:
             reply.events = reply.events[: fault.after]
         elif kind == "error_mid_stream" and reply.events is not None:
@@ -1085,6 +1139,19 @@ class SimUpstream:
             return _json_reply(200, _anthropic_message(f"msg_{token}", answer))
         return _stream_reply(
             _anthropic_events(f"msg_{token}", answer, deltas), self.config.stream_gap
+        )
+
+    def _batch(self, requests: list[Any]) -> _Reply:
+        """A message batch, created: not repeatable, each call makes a new one."""
+        self.batches_created += 1
+        return _json_reply(
+            200,
+            {
+                "id": f"msgbatch_sim_{self.batches_created:06d}",
+                "type": "message_batch",
+                "processing_status": "in_progress",
+                "request_counts": {"processing": len(requests), "succeeded": 0, "errored": 0},
+            },
         )
 
     def _usage(self, payload: dict[str, Any]) -> _Usage:
