@@ -58,6 +58,71 @@ async def test_anthropic_sdk_raises_a_clear_error_for_a_broken_stream(
     assert "interrupted" in str(caught.value)
 
 
+@pytest.mark.parametrize("after", [0, 1, 3])
+async def test_anthropic_sdk_raises_an_api_error_when_the_stream_dies_inside_an_event(
+    proxy: ProxyHandle, upstream: SimUpstream, after: int
+) -> None:
+    # The upstream dies halfway through a data: line. The half event never reaches the
+    # client, so the SDK reads our error event as one and raises its API error (not a
+    # JSONDecodeError from half an event glued to ours).
+    upstream.script(Fault.cut_mid_event(after=after))
+    client = anthropic_client(proxy)
+    with trio.fail_after(10), pytest.raises(anthropic.APIStatusError) as caught:
+        async with client.messages.stream(
+            model="glm-4.6", max_tokens=128, messages=MESSAGES
+        ) as stream:
+            async for _ in stream:
+                pass
+    assert "interrupted" in str(caught.value)
+
+
+async def test_openai_sdk_raises_an_api_error_when_the_stream_dies_inside_a_chunk(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    upstream.script(Fault.cut_mid_event(after=2))
+    client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="agent-token", max_retries=0)
+    with trio.fail_after(10), pytest.raises(openai.APIError) as caught:
+        stream = await client.chat.completions.create(
+            model="glm-4.6", messages=MESSAGES, stream=True
+        )
+        async for _ in stream:
+            pass
+    assert "interrupted" in str(caught.value)
+
+
+async def test_anthropic_sdk_gets_a_502_for_an_answer_that_cannot_be_decoded(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    upstream.script(*[Fault.bad_gzip()] * 4)
+    client = anthropic_client(proxy)
+    with trio.fail_after(10), pytest.raises(anthropic.APIStatusError) as caught:
+        await client.messages.create(model="glm-4.6", max_tokens=16, messages=MESSAGES)
+    assert caught.value.status_code == 502
+    assert upstream.total_requests == 4  # retried like any cut-off answer
+
+
+async def test_anthropic_sdk_raises_an_api_error_when_a_gzip_stream_goes_bad(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    upstream.script(Fault.bad_gzip(after=2))
+    client = anthropic_client(proxy)
+    with trio.fail_after(10), pytest.raises(anthropic.APIStatusError) as caught:
+        async with client.messages.stream(
+            model="glm-4.6", max_tokens=128, messages=MESSAGES
+        ) as stream:
+            async for _ in stream:
+                pass
+    assert "interrupted" in str(caught.value)
+    await proxy.settled()
+    assert proxy.sample("zai_proxy_upstream_errors_total", error_type="read_error") == 1
+    assert (
+        proxy.sample(
+            "zai_proxy_requests_total", method="POST", path="/v1/messages", status_code="502"
+        )
+        == 1
+    )
+
+
 async def test_anthropic_sdk_sees_503_as_overloaded(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:

@@ -72,6 +72,10 @@ from .server import (
     RunningProxy,
     serve_proxy,
 )
+from .sse import (
+    PARTIAL_EVENT_LIMIT,
+    WholeEvents,
+)
 from .texts import (
     request_texts,
     response_texts,
@@ -113,6 +117,8 @@ from .wire import (
 )
 
 __all__ = [
+    "PARTIAL_EVENT_LIMIT",
+    "WholeEvents",
     "IDEMPOTENT_METHODS",
     "JSON_ROUTES",
     "DIRECTIONS",

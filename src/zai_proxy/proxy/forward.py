@@ -30,6 +30,7 @@ from .headers import header_value, parse_retry_after, request_headers, response_
 from .limiter import AdaptiveLimiter
 from .limiter_loop import report_adjustment
 from .metrics import ProxyMetrics
+from .sse import WholeEvents
 from .upstream_errors import HTTPX_ERRORS, Phase, upstream_errors
 from .usage import SSEUsageTracker, usage_from_answer
 from .wire import stream_error_event
@@ -264,17 +265,19 @@ class Forwarder:
         outcome.committed = True
         outcome.streamed = True
         await downstream.start(response.status_code, headers)
-        await downstream.body(first)
-        sent = len(first)
-        last = first
+        events = WholeEvents()
+        sent = 0
+        if out := events.take(first):
+            await downstream.body(out)
+            sent += len(out)
         broken: UpstreamError | None = None
         try:
             with upstream_errors(Phase.STREAM):
                 async for chunk in chunks:
                     tracker.feed(chunk)
-                    await downstream.body(chunk)
-                    sent += len(chunk)
-                    last = chunk
+                    if out := events.take(chunk):
+                        await downstream.body(out)
+                        sent += len(out)
         except StreamBroken as exc:
             broken = exc
         tracker.finish()
@@ -290,10 +293,14 @@ class Forwarder:
             self._metrics.upstream_error(broken.error_type)
             outcome.error_type = broken.error_type
             outcome.status = broken.status
-            tail = b"" if last.endswith((b"\n\n", b"\r\n\r\n")) else b"\n\n"
-            event = tail + stream_error_event(exchange.style, "the upstream stream was interrupted")
+            event = events.abandon() + stream_error_event(
+                exchange.style, "the upstream stream was interrupted"
+            )
             await downstream.body(event)
             sent += len(event)
+        elif out := events.finish():
+            await downstream.body(out)
+            sent += len(out)
         elif tracker.error is not None:
             self._metrics.upstream_error("stream_error_event")
             outcome.error_type = "stream_error_event"

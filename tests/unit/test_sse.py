@@ -1,0 +1,86 @@
+"""Relaying whole SSE events: a client never holds half of one."""
+
+from __future__ import annotations
+
+import pytest
+
+from zai_proxy.proxy import WholeEvents
+
+STREAM = (
+    b'event: message_start\ndata: {"type":"message_start"}\n\n'
+    b": ping\n\n"
+    b'event: content_block_delta\ndata: {"delta":{"text":"hi"}}\n\n'
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+)
+
+
+def relay(chunks: list[bytes], events: WholeEvents) -> list[bytes]:
+    return [events.take(chunk) for chunk in chunks]
+
+
+def test_whole_events_go_out_the_moment_they_arrive() -> None:
+    events = WholeEvents()
+    assert relay([STREAM], events) == [STREAM]
+    assert events.pending == 0 and events.finish() == b""
+
+
+def test_a_partial_event_waits_for_its_end() -> None:
+    events = WholeEvents()
+    cut = STREAM.index(b"hi")
+    out = relay([STREAM[:cut], STREAM[cut:]], events)
+    assert out[0] == STREAM[: STREAM.index(b"event: content_block_delta")]
+    assert b"".join(out) == STREAM
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64])
+def test_any_split_gives_back_the_same_bytes_in_whole_events(size: int) -> None:
+    events = WholeEvents()
+    chunks = [STREAM[i : i + size] for i in range(0, len(STREAM), size)]
+    out = relay(chunks, events)
+    assert b"".join(out) + events.finish() == STREAM
+    for piece in out:
+        assert piece == b"" or piece.endswith(b"\n\n")
+
+
+@pytest.mark.parametrize("boundary", [b"\r\n\r\n", b"\r\r"])
+def test_every_blank_line_form_ends_an_event(boundary: bytes) -> None:
+    events = WholeEvents()
+    one = b"data: 1" + boundary
+    assert events.take(one + b"data: 2") == one
+    assert events.take(boundary) == b"data: 2" + boundary
+
+
+def test_a_heartbeat_is_not_held_behind_nothing() -> None:
+    events = WholeEvents()
+    assert events.take(b": ping\n\n") == b": ping\n\n"
+
+
+def test_a_broken_stream_drops_the_partial_event() -> None:
+    events = WholeEvents()
+    out = events.take(b'data: {"a":1}\n\ndata: {"trunc')
+    assert out == b'data: {"a":1}\n\n'
+    assert events.abandon() == b""
+    assert events.pending == 0
+
+
+def test_a_clean_end_passes_on_a_last_event_without_its_blank_line() -> None:
+    events = WholeEvents()
+    assert events.take(b"data: [DONE]") == b""
+    assert events.finish() == b"data: [DONE]"
+
+
+def test_an_oversized_partial_event_is_passed_on_and_a_blank_line_owed() -> None:
+    events = WholeEvents(limit=16)
+    big = b"data: " + b"x" * 20
+    assert events.take(big) == big
+    assert events.pending == 0 and events.mid_event
+    # Broken here: our error event must start on a fresh event.
+    assert events.abandon() == b"\n\n"
+
+
+def test_after_an_oversized_event_ends_whole_events_resume() -> None:
+    events = WholeEvents(limit=16)
+    events.take(b"data: " + b"x" * 20)
+    assert events.take(b"yy\n\ndata: next") == b"yy\n\n"
+    assert not events.mid_event
+    assert events.abandon() == b""
