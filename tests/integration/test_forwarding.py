@@ -131,6 +131,16 @@ async def test_end_to_end_headers_pass_and_hop_by_hop_headers_do_not(
     assert record.header("host") == f"127.0.0.1:{upstream.port}"
 
 
+async def test_the_upstream_is_asked_only_for_codings_the_proxy_can_decode(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    response = await post(
+        proxy.url + "/v1/messages", MESSAGE, headers={"accept-encoding": "br, zstd"}
+    )
+    assert response.status_code == 200 and response.json()["type"] == "message"
+    assert upstream.records[-1].header("accept-encoding") == "gzip, deflate"
+
+
 async def test_every_answer_carries_exactly_one_date(
     start_upstream: StartUpstream, start_proxy: StartProxy
 ) -> None:

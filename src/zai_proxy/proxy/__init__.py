@@ -30,6 +30,7 @@ from .forward import (
     Forwarder,
 )
 from .headers import (
+    ACCEPT_ENCODING,
     HOP_BY_HOP,
     OWN_HEADERS,
     header_value,
@@ -117,6 +118,7 @@ from .wire import (
 )
 
 __all__ = [
+    "ACCEPT_ENCODING",
     "PARTIAL_EVENT_LIMIT",
     "WholeEvents",
     "IDEMPOTENT_METHODS",

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 __all__ = [
+    "ACCEPT_ENCODING",
     "HOP_BY_HOP",
     "OWN_HEADERS",
     "header_value",
@@ -42,7 +43,14 @@ _DROP_UPSTREAM = HOP_BY_HOP | {
     b"host",
     b"content-length",
     b"expect",
+    b"accept-encoding",
 }
+
+# The proxy reads every answer it relays (validation, usage) and passes it on decoded,
+# so the upstream is asked only for codings it can always decode, whatever the caller
+# accepts (curl --compressed and SDKs with brotli or zstandard installed ask for br
+# and zstd, which would come back undecodable).
+ACCEPT_ENCODING = b"gzip, deflate"
 
 # Never passed back: the body may be decoded and re-framed by us, so the upstream's
 # framing headers would lie; and the headers the proxy sets itself on every forwarded
@@ -66,6 +74,7 @@ def request_headers(
     plus ours.  `authorization` is the full header value (b"Bearer ...")."""
     drop = _DROP_UPSTREAM | _connection_tokens(incoming)
     out = [(name, value) for name, value in incoming if name.lower() not in drop]
+    out.append((b"accept-encoding", ACCEPT_ENCODING))
     out.append((b"authorization", authorization))
     return out
 
@@ -73,12 +82,22 @@ def request_headers(
 def response_headers(upstream: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Headers for the client: the upstream's, minus hop-by-hop and framing.
 
-    The upstream's Date is kept (hypercorn adds none of its own, so there is one), and
-    one is added when it sent none, as a forwarding recipient with a clock must."""
+    The upstream's first Date is kept (hypercorn adds none of its own, so there is one),
+    and one is added when it sent none, as a forwarding recipient with a clock must."""
     pairs = [(name.lower(), value) for name, value in upstream]
     drop = _DROP_DOWNSTREAM | _connection_tokens(pairs)
-    out = [(name, value) for name, value in pairs if name not in drop]
-    if not any(name == b"date" for name, _ in out):
+    out: list[tuple[bytes, bytes]] = []
+    dated = False
+    for name, value in pairs:
+        if name == b"date":
+            # A singleton field: the first one only, however many the upstream sent.
+            if dated:
+                continue
+            dated = True
+        elif name in drop:
+            continue
+        out.append((name, value))
+    if not dated:
         out.append((b"date", http_date()))
     return out
 
