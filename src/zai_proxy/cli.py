@@ -48,6 +48,8 @@ PROXY_VARIABLES = {
     "UPSTREAM_WRITE_TIMEOUT": "longest stall sending to the upstream (default 60s)",
     "UPSTREAM_POOL_TIMEOUT": "longest wait for a pooled connection (default 10s)",
     "SHUTDOWN_TIMEOUT": "how long SIGTERM waits for in-flight requests (default 30s)",
+    "CLIENT_BODY_TIMEOUT": "longest a client may take to send its body; then 408 (30s)",
+    "CLIENT_WRITE_TIMEOUT": "longest a write to a client may stall; then closed (60s)",
     "ADMIN_TOKEN": "when set, /admin/* needs Authorization: Bearer <token>",
     "LOG_LEVEL": "debug, info, warning or error (default info)",
 }

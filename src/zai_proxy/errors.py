@@ -12,6 +12,7 @@ from typing import ClassVar
 
 __all__ = [
     "BadRequest",
+    "ClientStalled",
     "BodyTooLarge",
     "ConnectTimeout",
     "EmptyStream",
@@ -19,6 +20,7 @@ __all__ = [
     "ProxyError",
     "RateLimited",
     "RequestCreationError",
+    "RequestTimeout",
     "RetryableError",
     "ScrapeError",
     "SettingsError",
@@ -57,6 +59,11 @@ class ScrapeError(Exception):
     """A scrape that gave no exposition; the message is safe to show (no userinfo)."""
 
 
+class ClientStalled(Exception):
+    """A write to the client stalled past CLIENT_WRITE_TIMEOUT (it stopped reading);
+    its connection has been closed.  Raised from the write, into the request's task."""
+
+
 class ProxyError(Exception):
     """An error the proxy answers itself, in the caller's wire format."""
 
@@ -79,6 +86,14 @@ class BadRequest(ProxyError):
 class Unauthorized(ProxyError):
     status = 401
     anthropic_type = "authentication_error"
+    openai_type = "invalid_request_error"
+
+
+class RequestTimeout(ProxyError):
+    """The client did not send its whole request body within CLIENT_BODY_TIMEOUT."""
+
+    status = 408
+    anthropic_type = "timeout_error"
     openai_type = "invalid_request_error"
 
 

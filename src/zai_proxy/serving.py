@@ -27,9 +27,11 @@ from typing import Any
 import hypercorn.trio.run
 import trio
 from hypercorn.config import Config
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
 
+from .errors import ClientStalled
 from .supervisor import tune_runtime
 
 __all__ = ["Listening", "hypercorn_config", "serve_asgi"]
@@ -40,10 +42,45 @@ BackgroundTask = Callable[..., Awaitable[None]]
 """Called as task(task_status=...) under `nursery.start`."""
 
 
+class _Config(Config):
+    # Read by _GuardedTCPServer: hypercorn itself has no deadline for a write.
+    client_write_timeout: float | None = None
+
+
 class _GuardedTCPServer(TCPServer):
+    async def protocol_send(self, event: Event) -> None:
+        timeout = getattr(self.config, "client_write_timeout", None)
+        if not isinstance(event, RawData) or timeout is None:
+            await super().protocol_send(event)
+            return
+        # hypercorn shields each write from cancellation, so a client that stops
+        # reading holds the write (and the request's slot) for ever.  The shield stays
+        # (a write cut by an outside cancel would corrupt the framing) but gets a
+        # deadline of its own; past it the connection is closed and the app told.
+        async with self.send_lock:
+            try:
+                with trio.CancelScope(shield=True) as write:
+                    write.deadline = trio.current_time() + timeout
+                    await self.stream.send_all(event.data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
+                return
+        if write.cancelled_caught:
+            log.info(
+                "closed a connection whose client stopped reading",
+                extra={"client_write_timeout_s": timeout},
+            )
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+                await self.protocol.handle(Closed())
+            # Into whoever was writing: the app learns its answer did not go out.
+            raise ClientStalled(f"a write to the client stalled for {timeout:g}s")
+
     async def run(self) -> None:
         try:
             await super().run()
+        except ClientStalled:
+            pass  # hypercorn's own write stalled; the connection is already closed
         except Exception as exc:
             log.warning(
                 "closed a connection the HTTP server could not handle",
@@ -68,9 +105,17 @@ class Listening:
 
 
 def hypercorn_config(
-    host: str, port: int, graceful_timeout: float, *, date_header: bool = True
+    host: str,
+    port: int,
+    graceful_timeout: float,
+    *,
+    date_header: bool = True,
+    write_timeout: float | None = None,
 ) -> Config:
-    config = Config()
+    """hypercorn's settings for our servers; `write_timeout` bounds each write to a
+    client (None: no bound)."""
+    config = _Config()
+    config.client_write_timeout = write_timeout
     bind_host = f"[{host}]" if ":" in host else host
     config.bind = [f"{bind_host}:{port}"]
     config.graceful_timeout = graceful_timeout

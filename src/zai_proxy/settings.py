@@ -254,6 +254,8 @@ class ProxySettings:
     upstream_write_timeout: float = 60.0
     upstream_pool_timeout: float = 10.0
     shutdown_timeout: float = 30.0
+    client_body_timeout: float = 30.0
+    client_write_timeout: float = 60.0
     admin_token: str | None = field(default=None, repr=False)
     log_level: str = "info"
     build_version: str = __version__
@@ -310,6 +312,8 @@ class ProxySettings:
             upstream_write_timeout=read.duration("UPSTREAM_WRITE_TIMEOUT", "60s", minimum=0.001),
             upstream_pool_timeout=read.duration("UPSTREAM_POOL_TIMEOUT", "10s", minimum=0.001),
             shutdown_timeout=read.duration("SHUTDOWN_TIMEOUT", "30s"),
+            client_body_timeout=read.duration("CLIENT_BODY_TIMEOUT", "30s", minimum=0.001),
+            client_write_timeout=read.duration("CLIENT_WRITE_TIMEOUT", "60s", minimum=0.001),
             admin_token=admin_token,
             log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
             # The image's build arguments (Dockerfile): version, commit, time of the build.

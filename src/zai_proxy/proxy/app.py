@@ -21,7 +21,14 @@ from prometheus_client import exposition
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from ..errors import Overloaded, ProxyError, Unauthorized, UpstreamThrottled
+from ..errors import (
+    ClientStalled,
+    Overloaded,
+    ProxyError,
+    RequestTimeout,
+    Unauthorized,
+    UpstreamThrottled,
+)
 from ..settings import ProxySettings
 from .accounting import Accountant
 from .body import ClientGone, extract_model, read_body
@@ -231,7 +238,7 @@ class ProxyApp:
         self.in_flight += 1
         try:
             try:
-                body = await read_body(headers, receive, self.settings.max_body_bytes)
+                body = await self._read_body_in_time(headers, receive)
                 request_target = upstream_target(
                     raw_path, scope.get("query_string", b""), self.target
                 )
@@ -254,21 +261,26 @@ class ProxyApp:
                 request_id=request_id,
                 route=route,
             )
+            stalled = False
             async with trio.open_nursery() as nursery:
                 gone = trio.Event()
                 nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, gone)
                 try:
-                    assert self.forwarder is not None, "the lifespan opens the client first"
-                    await self.forwarder.forward(exchange, downstream, outcome)
-                except UpstreamThrottled as exc:
-                    error = exc
-                    await self._send_throttled(downstream, exc, request_id, outcome)
-                except ProxyError as exc:
-                    error = exc
-                    await self._send_error(downstream, exc, style, request_id, outcome)
+                    try:
+                        assert self.forwarder is not None, "the lifespan opens the client first"
+                        await self.forwarder.forward(exchange, downstream, outcome)
+                    except UpstreamThrottled as exc:
+                        error = exc
+                        await self._send_throttled(downstream, exc, request_id, outcome)
+                    except ProxyError as exc:
+                        error = exc
+                        await self._send_error(downstream, exc, style, request_id, outcome)
+                except ClientStalled:
+                    # The client stopped reading: its connection is closed (serving.py).
+                    stalled = True
                 nursery.cancel_scope.cancel()
             # A client that hangs up after the last byte went out was served in full.
-            client_gone = gone.is_set() and not downstream.ended
+            client_gone = stalled or (gone.is_set() and not downstream.ended)
             if client_gone and downstream.started:
                 # The answer was being written when the client went: the seed's
                 # write_error ("error writing response to client").
@@ -288,6 +300,18 @@ class ProxyApp:
                 duration=trio.current_time() - started,
                 now=datetime.now(UTC),
             )
+
+    async def _read_body_in_time(
+        self, headers: list[tuple[bytes, bytes]], receive: Receive
+    ) -> bytes:
+        """The body, or RequestTimeout once CLIENT_BODY_TIMEOUT passes: a client that
+        sends half a body and stalls must not keep its slot."""
+        limit = self.settings.client_body_timeout
+        with trio.move_on_after(limit):
+            return await read_body(headers, receive, self.settings.max_body_bytes)
+        raise RequestTimeout(
+            f"the request body did not arrive within {limit:g}s (CLIENT_BODY_TIMEOUT)"
+        )
 
     async def _send_error(
         self,

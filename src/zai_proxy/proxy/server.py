@@ -44,6 +44,7 @@ async def serve_proxy(
         settings.listen_port,
         settings.shutdown_timeout,
         date_header=False,
+        write_timeout=settings.client_write_timeout,
     )
 
     def crashed(name: str) -> None:
