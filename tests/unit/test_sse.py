@@ -84,3 +84,17 @@ def test_after_an_oversized_event_ends_whole_events_resume() -> None:
     assert events.take(b"yy\n\ndata: next") == b"yy\n\n"
     assert not events.mid_event
     assert events.abandon() == b""
+
+
+@pytest.mark.parametrize("blank", [b"\n\r\n", b"\r\n\n", b"\n\r", b"\r\r\n"])
+def test_mixed_line_ends_make_a_blank_line_too(blank: bytes) -> None:
+    events = WholeEvents()
+    event = b"data: 1" + blank
+    assert events.take(event + b"data: 2") == event
+
+
+def test_the_lf_of_a_crlf_split_after_its_cr_goes_out_at_once() -> None:
+    events = WholeEvents()
+    assert events.take(b"data: 1\r\n\r") == b"data: 1\r\n\r"
+    assert events.take(b"\n") == b"\n"
+    assert events.take(b"data: 2\r\n\r\n") == b"data: 2\r\n\r\n"

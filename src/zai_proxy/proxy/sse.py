@@ -13,33 +13,38 @@ it is rather than held (`mid_event` then says a boundary is owed before anything
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 __all__ = ["PARTIAL_EVENT_LIMIT", "WholeEvents"]
 
 PARTIAL_EVENT_LIMIT: Final = 1 << 20
 
-_BOUNDARIES: Final = ((b"\n\n", 2), (b"\r\n\r\n", 4), (b"\r\r", 2))
+# A blank line: two line ends in a row, each LF, CRLF or a lone CR, mixed as the sender
+# pleases (the SSE spec allows all three).  Atomic groups keep one CRLF from counting as
+# two line ends.
+_BLANK_LINE: Final = re.compile(rb"(?>\r\n|\n|\r)(?>\r\n|\n|\r)")
 
 
-def _last_boundary_end(data: bytes) -> int:
-    """The index just after the last blank line in `data`, or 0 if it has none."""
+def _last_boundary_end(data: bytes, start: int = 0) -> int:
+    """The index just after the last blank line in `data` at or after `start`, or 0."""
     end = 0
-    for marker, size in _BOUNDARIES:
-        found = data.rfind(marker)
-        if found >= 0:
-            end = max(end, found + size)
+    for match in _BLANK_LINE.finditer(data, start):
+        end = match.end()
     return end
 
 
 class WholeEvents:
     """Cuts a byte stream into runs of whole SSE events."""
 
-    __slots__ = ("_limit", "_pending", "mid_event")
+    __slots__ = ("_after_cr", "_limit", "_pending", "mid_event")
 
     def __init__(self, limit: int = PARTIAL_EVENT_LIMIT) -> None:
         self._limit = limit
         self._pending = b""
+        # What went out last ended on a CR that was the last byte received: an LF that
+        # comes next completes that CRLF and goes out with no wait.
+        self._after_cr = False
         self.mid_event = False
         """What was passed on so far ends inside an event (only past `limit`)."""
 
@@ -50,17 +55,29 @@ class WholeEvents:
 
     def take(self, chunk: bytes) -> bytes:
         """What of the stream so far can go out now: every event completed by `chunk`."""
-        data = self._pending + chunk if self._pending else chunk
-        end = _last_boundary_end(data)
+        lead = b""
+        if self._after_cr and chunk[:1] == b"\n":
+            lead, chunk = b"\n", chunk[1:]
+        self._after_cr = False
+        held = len(self._pending)
+        data = self._pending + chunk if held else chunk
+        # What is held has no blank line in it, so only its last bytes (the start of a
+        # blank line the chunk completes) and the chunk need looking at.
+        end = _last_boundary_end(data, max(0, held - 3))
         if self.mid_event and end:
             # The oversized event ended: from here on, whole events again.
             self.mid_event = False
         if len(data) - end > self._limit:
             self._pending = b""
             self.mid_event = True
-            return data
+            return lead + data
+        if end and data[end - 1 : end] == b"\r":
+            if data[end : end + 1] == b"\n":
+                end += 1  # the LF of that CRLF is already here
+            else:
+                self._after_cr = end == len(data)
         self._pending = data[end:]
-        return data[:end]
+        return lead + data[:end]
 
     def finish(self) -> bytes:
         """At a clean end of the stream: the last event, even without its blank line."""
