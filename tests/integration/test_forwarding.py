@@ -419,6 +419,37 @@ async def test_full_proxy_answers_503_at_once(
     assert proxy.sample("zai_proxy_worker_utilization_ratio") == 0.0
 
 
+async def test_a_large_upload_at_capacity_gets_the_503_not_a_broken_pipe(
+    start_proxy: StartProxy, upstream: SimUpstream
+) -> None:
+    # An upload that takes a while (4 MB in 256 KiB pieces, as over a slower link):
+    # answering and closing before it is all in makes the kernel reset the connection,
+    # and the client sees a broken pipe instead of a 503 it can act on.
+    proxy = await start_proxy(MAX_WORKERS="1")
+    upstream.script("hang")
+    body = json.dumps({**MESSAGE, "system": "x" * (4 * 1024 * 1024)}).encode()
+    async with httpx.AsyncClient(timeout=10) as client, trio.open_nursery() as nursery:
+        nursery.start_soon(partial(client.post, proxy.url + "/v1/messages", json=MESSAGE))
+        with trio.fail_after(5):
+            await upstream.wait_for(lambda s: s.requests_in_flight >= 1)
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.running.port)
+        with trio.fail_after(10):
+            await stream.send_all(
+                b"POST /v1/messages HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+            )
+            piece = 256 * 1024
+            for start in range(0, len(body), piece):
+                await stream.send_all(body[start : start + piece])
+                await trio.sleep(0.01)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += await stream.receive_some()
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:80]
+
+
 async def test_a_request_that_cannot_be_built_is_400_request_creation(
     proxy: ProxyHandle, upstream: SimUpstream
 ) -> None:

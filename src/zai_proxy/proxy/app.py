@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..settings import ProxySettings
 from .accounting import Accountant
-from .body import ClientGone, extract_model, read_body
+from .body import ClientGone, declared_length, drain, extract_model, read_body
 from .exchange import Downstream, Exchange, Outcome
 from .forward import Forwarder
 from .headers import http_date
@@ -231,7 +231,18 @@ class ProxyApp:
                 "retry shortly",
                 retry_after=1.0,
             )
-            await self._send_error(downstream, error, style, request_id, outcome)
+            # Read the body first (bounded, as for a 413): answering while a large upload
+            # is still coming in makes the kernel reset it, and the client would see a
+            # broken pipe instead of the 503 it can act on.
+            try:
+                with trio.move_on_after(self.settings.client_body_timeout):
+                    await drain(receive, declared_length(headers))
+            except ClientGone:
+                outcome.status = 499
+            except ProxyError:
+                pass  # a Content-Length that is not a number: nothing to drain
+            if outcome.status != 499:
+                await self._send_error(downstream, error, style, request_id, outcome)
             self._finish(method, route, 0, outcome, started, request_id, None, error)
             return
 

@@ -24,6 +24,8 @@ __all__ = [
     "DRAIN_LIMIT",
     "DRAIN_SECONDS",
     "ClientGone",
+    "declared_length",
+    "drain",
     "extract_model",
     "is_streaming_request",
     "read_body",
@@ -45,19 +47,13 @@ async def read_body(headers: list[tuple[bytes, bytes]], receive: Receive, limit:
 
     BadRequest for a Content-Length that is not a number; ClientGone when the client
     hangs up first."""
-    declared: int | None = None
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                declared = int(value)
-            except ValueError:
-                raise BadRequest("Content-Length is not a number") from None
+    declared = declared_length(headers)
     too_large = BodyTooLarge(
         f"request body of {declared if declared is not None else 'more than ' + str(limit)}"
         f" bytes is over the {limit}-byte limit (MAX_BODY_BYTES)"
     )
     if declared is not None and declared > limit:
-        await _drain(receive, declared)
+        await drain(receive, declared)
         raise too_large
     parts: list[bytes] = []
     size = 0
@@ -71,14 +67,28 @@ async def read_body(headers: list[tuple[bytes, bytes]], receive: Receive, limit:
             if size > limit:
                 parts.clear()
                 if message.get("more_body", False):
-                    await _drain(receive, None)
+                    await drain(receive, None)
                 raise too_large
             parts.append(chunk)
         if not message.get("more_body", False):
             return b"".join(parts)
 
 
-async def _drain(receive: Receive, declared: int | None) -> None:
+def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The Content-Length the client declared, None without one; BadRequest if it is not
+    a number (hypercorn has already refused a negative or conflicting one)."""
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                raise BadRequest("Content-Length is not a number") from None
+    return None
+
+
+async def drain(receive: Receive, declared: int | None) -> None:
+    """Read and throw away what is left of a body we will not use (bounded), so the
+    client sees our answer and not a reset; ClientGone if it hangs up."""
     if declared is not None and declared > DRAIN_LIMIT:
         return
     drained = 0
