@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from .app import (
     DEFAULT_RANGE,
+    ECHO_LIMIT,
     RANGES,
     STATIC_DIR,
     VARIANT_CHOICES,
@@ -39,6 +40,7 @@ from .scrape import (
     fetch_metrics,
 )
 from .server import (
+    CLIENT_WRITE_TIMEOUT,
     GRACEFUL_TIMEOUT,
     RunningDashboard,
     serve_app,
@@ -58,7 +60,9 @@ from .store import (
 
 __all__ = [
     "CLIENT_BUFFER",
+    "CLIENT_WRITE_TIMEOUT",
     "DEFAULT_RANGE",
+    "ECHO_LIMIT",
     "GRACEFUL_TIMEOUT",
     "KEEPALIVE",
     "LONG_RANGE",

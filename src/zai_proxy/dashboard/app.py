@@ -10,7 +10,10 @@ GET /metrics                         the dashboard's own health, zai_dashboard_*
 GET /  and  /static/<path>           the page, from the package's static/ directory
 ```
 `range` defaults to 1h (what the page shows first) and `variant` to all.  A bad
-parameter is a 400 whose JSON names the allowed values.
+parameter (unknown value, or given twice) is a 400 whose JSON names the allowed values
+and quotes at most ECHO_LIMIT characters of what was sent; unknown parameters are
+ignored.  Every answer says `X-Content-Type-Options: nosniff`, so nothing a client sent
+is ever read as HTML.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
 from prometheus_client import CollectorRegistry, exposition
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as PromCollector
@@ -37,6 +41,7 @@ from .store import AsyncStore
 
 __all__ = [
     "DEFAULT_RANGE",
+    "ECHO_LIMIT",
     "RANGES",
     "STATIC_DIR",
     "VARIANT_CHOICES",
@@ -55,6 +60,11 @@ RANGES: dict[str, float] = {
 DEFAULT_RANGE = "1h"
 VARIANT_CHOICES = (*VARIANTS, "all")
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+# How much of a bad parameter's value a 400 quotes back: enough to see the mistake.
+ECHO_LIMIT = 64
+# The last write of an answer, which also closes a `Connection: close` connection.
+_LAST_WRITE_TIMEOUT = 10.0
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -148,19 +158,59 @@ class _HealthCollector(PromCollector):
         yield info
 
 
-def _bad_parameter(name: str, value: str, allowed: tuple[str, ...]) -> Response:
+def _bad_parameter(
+    name: str, value: str, allowed: tuple[str, ...], *, repeated: bool = False
+) -> Response:
+    shown = value if len(value) <= ECHO_LIMIT else value[:ECHO_LIMIT] + "\u2026"
     body = {
-        "error": f"invalid value for {name}",
+        "error": f"{name} given more than once" if repeated else f"invalid value for {name}",
         "parameter": name,
-        "value": value,
+        "value": shown,
         "allowed": list(allowed),
     }
-    response: Response = Response(_json(body), status=400, content_type="application/json")
+    # A quoted value can hold markup: escaped in the JSON too, not only by content type.
+    text = _json(body).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    response: Response = Response(text, status=400, content_type="application/json")
     return response
+
+
+def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str | Response:
+    """The query parameter `name`, one of `allowed`; else the 400 that says so."""
+    values = request.args.getlist(name)
+    if len(values) > 1:
+        return _bad_parameter(name, values[-1], allowed, repeated=True)
+    value = values[0] if values else default
+    if value not in allowed:
+        return _bad_parameter(name, value, allowed)
+    return value
 
 
 def _json(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), allow_nan=False)
+
+
+class _DashboardApp(QuartTrio):
+    async def asgi_app(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] == "http":
+            send = _last_write_uncancelled(send)
+        await super().asgi_app(scope, receive, send)
+
+
+def _last_write_uncancelled(send: ASGISendCallable) -> ASGISendCallable:
+    # The last write of an answer is where hypercorn closes a `Connection: close`
+    # connection, and quart-trio cancels the request's tasks as soon as the answer is
+    # complete: the close was cancelled half-way and the socket stayed open until the
+    # client went away.  Shielded, with a bound, the close happens.
+    async def send_last_uncancelled(message: ASGISendEvent) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            with trio.move_on_after(_LAST_WRITE_TIMEOUT, shield=True):
+                await send(message)
+        else:
+            await send(message)
+
+    return send_last_uncancelled
 
 
 def create_app(
@@ -173,7 +223,7 @@ def create_app(
     now: Callable[[], float] = time.time,
     static_dir: Path = STATIC_DIR,
 ) -> QuartTrio:
-    app = QuartTrio("zai_proxy.dashboard", static_folder=None)
+    app = _DashboardApp("zai_proxy.dashboard", static_folder=None)
     # SSE responses last as long as the client stays; no per-response deadline.
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = 30
@@ -182,24 +232,34 @@ def create_app(
     registry.register(_HealthCollector(collector, hub, store, stats))
     root = static_dir.resolve()
 
+    @app.after_request
+    async def no_sniffing(response: Response) -> Response:
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
     @app.route("/api/events")
     async def events() -> Response:
-        response: Response = Response(
-            hub.stream(),
-            content_type="text/event-stream; charset=utf-8",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        response: Response
+        if request.method == "HEAD":
+            # The headers a GET would get, and no stream: a HEAD never subscribes.
+            response = Response(
+                b"", content_type="text/event-stream; charset=utf-8", headers=_SSE_HEADERS
+            )
+            return response
+        response = Response(
+            hub.stream(), content_type="text/event-stream; charset=utf-8", headers=_SSE_HEADERS
         )
         response.timeout = None
         return response
 
     @app.route("/api/metrics")
     async def metrics_history() -> Response:
-        range_name = request.args.get("range", DEFAULT_RANGE)
-        if range_name not in RANGES:
-            return _bad_parameter("range", range_name, tuple(RANGES))
-        variant = request.args.get("variant", "all")
-        if variant not in VARIANT_CHOICES:
-            return _bad_parameter("variant", variant, VARIANT_CHOICES)
+        range_name = _choice("range", DEFAULT_RANGE, tuple(RANGES))
+        if isinstance(range_name, Response):
+            return range_name
+        variant = _choice("variant", "all", VARIANT_CHOICES)
+        if isinstance(variant, Response):
+            return variant
         body = await store.query_json(RANGES[range_name], variant, now())
         return Response(body, content_type="application/json")
 

@@ -133,17 +133,17 @@ class Collector:
         *,
         at: float,
         text: str | None = None,
+        exposition: Exposition | None = None,
         error: str | None = None,
     ) -> list[Snapshot]:
         """Record target `url`'s scrape for `tick`, made at monotonic time `at`: its
-        exposition `text`, or the `error` that stopped it.  Returns the snapshots this
-        completes (usually none or one)."""
+        exposition (as `text`, or already parsed), or the `error` that stopped it.
+        Returns the snapshots this completes (usually none or one)."""
         target = self._targets[url]
         out = self._close_before(target.variant, tick)
         target.tick = tick
         target.last_scrape = self.tick_ts(tick)
-        exposition: Exposition | None = None
-        if text is not None:
+        if exposition is None and text is not None:
             try:
                 exposition = parse(text)
             except ValueError as exc:

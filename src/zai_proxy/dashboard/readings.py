@@ -9,21 +9,31 @@ Pure maths, no I/O and no clock: `read` turns two expositions of one target into
 - Latency quantiles come from the summed histogram bucket increases, the way PromQL's
   `histogram_quantile` does it; no traffic gives null, not 0.
 - Gauges (rate limit, in flight, max workers) are summed over the targets that are up.
+
+A target is not trusted to be our proxy.  Label values become the keys of a snapshot's
+maps, so each map keeps at most MAX_LABEL_VALUES of them (cut to 64 characters; the rest
+are summed as "other"): thousands of distinct values must not make every frame and row
+huge.  A figure that is not finite or beyond MAX_FIGURE (absurd counter values) is null
+or left out, since a snapshot must stay JSON and sums of rows must stay finite.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
-from typing import TypeVar
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypeVar
 
 from .promparse import Exposition, Labels, histogram_quantile, increases
 from .snapshot import Snapshot
 
-__all__ = ["Reading", "build_snapshot", "read"]
+__all__ = ["MAX_FIGURE", "MAX_LABEL_VALUES", "Reading", "build_snapshot", "read"]
 
 K = TypeVar("K")
+
+MAX_LABEL_VALUES = 32
+MAX_FIGURE = 1e250
+_LABEL_VALUE_MAX_LEN = 64
 
 # The proxy's metric names, as exposed (see proxy/metrics.py).
 _REQUESTS = "zai_proxy_requests_total"
@@ -84,6 +94,13 @@ def _bump(target: dict[K, float], key: K, amount: float) -> None:
     target[key] = target.get(key, 0.0) + amount
 
 
+def _bump_label(target: dict[str, float], value: str, amount: float) -> None:
+    key = value[:_LABEL_VALUE_MAX_LEN]
+    if key not in target and len(target) >= MAX_LABEL_VALUES:
+        key = "other"
+    _bump(target, key, amount)
+
+
 def _add_maps(a: dict[K, float], b: dict[K, float]) -> dict[K, float]:
     return _sum_maps((a, b))
 
@@ -104,10 +121,12 @@ def read(previous: Exposition, current: Exposition, interval: float) -> Reading:
     """The reading between two scrapes of one target, `interval` seconds apart."""
     reading = Reading(interval=interval)
     for (name, labels), amount in increases(previous, current).items():
+        if not _sane_figure(amount):
+            continue
         if name == _REQUESTS:
             status = _label(labels, "status_code")
             reading.requests += amount
-            _bump(reading.by_status, status, amount)
+            _bump_label(reading.by_status, status, amount)
             if len(status) == 3 and status.startswith("5"):
                 reading.errors_5xx += amount
         elif name == _DURATION_BUCKET:
@@ -125,15 +144,15 @@ def read(previous: Exposition, current: Exposition, interval: float) -> Reading:
         elif name == _RESPONSE_SIZE_COUNT:
             reading.response_size_count += amount
         elif name == _TOKENS:
-            _bump(reading.tokens, _label(labels, "direction"), amount)
+            _bump_label(reading.tokens, _label(labels, "direction"), amount)
         elif name == _ADJUSTMENTS:
-            _bump(reading.adjustments, _label(labels, "direction"), amount)
+            _bump_label(reading.adjustments, _label(labels, "direction"), amount)
         elif name == _REJECTIONS:
-            _bump(reading.rejections, _label(labels, "reason"), amount)
+            _bump_label(reading.rejections, _label(labels, "reason"), amount)
         elif name == _RETRIES:
-            _bump(reading.retries, _label(labels, "reason"), amount)
+            _bump_label(reading.retries, _label(labels, "reason"), amount)
         elif name == _UPSTREAM_ERRORS:
-            _bump(reading.upstream_errors, _label(labels, "error_type"), amount)
+            _bump_label(reading.upstream_errors, _label(labels, "error_type"), amount)
     return reading
 
 
@@ -148,7 +167,7 @@ class _Gauges:
 def _gauges(exposition: Exposition) -> _Gauges:
     sums: dict[str, float] = {}
     for (name, _), value in exposition.gauges.items():
-        if name in (_RATE, _CEILING, _CONCURRENT, _MAX_WORKERS) and math.isfinite(value):
+        if name in (_RATE, _CEILING, _CONCURRENT, _MAX_WORKERS) and _sane_figure(value):
             _bump(sums, name, value)
     return _Gauges(
         rate=sums.get(_RATE),
@@ -216,7 +235,7 @@ def build_snapshot(
     capacity = math.fsum(g.max_workers or 0.0 for g in both)
     utilization = math.fsum(g.concurrent or 0.0 for g in both) / capacity if capacity > 0 else None
 
-    return Snapshot(
+    snapshot = Snapshot(
         ts=ts,
         variant=variant,
         interval_s=math.fsum(r.interval for r in readings) / len(readings),
@@ -252,3 +271,20 @@ def build_snapshot(
         retry_rates=retries,
         upstream_error_rates=_sum_maps((r.upstream_errors for r in timed), seconds),
     )
+    return _sane(snapshot)
+
+
+def _sane_figure(value: float) -> bool:
+    return math.isfinite(value) and abs(value) <= MAX_FIGURE
+
+
+def _sane(snapshot: Snapshot) -> Snapshot:
+    changes: dict[str, Any] = {}
+    for item in fields(Snapshot):
+        value = getattr(snapshot, item.name)
+        if isinstance(value, dict):
+            if not all(_sane_figure(v) for v in value.values()):
+                changes[item.name] = {k: v for k, v in value.items() if _sane_figure(v)}
+        elif isinstance(value, float) and item.default is None and not _sane_figure(value):
+            changes[item.name] = None
+    return replace(snapshot, **changes) if changes else snapshot

@@ -10,11 +10,18 @@ On `stop`: the hub closes every SSE stream, hypercorn drains what is left (at mo
 GRACEFUL_TIMEOUT), then the scrape, broadcast and maintenance tasks are cancelled and
 the database is closed.  quart-trio does not set `app.shutdown_event` on shutdown, which
 is why the streams are ended from `stop` here and not from the app.
+
+A client that stops reading (its socket's receive buffer full) would hold its connection
+for ever: hypercorn writes with no deadline, shielded from cancellation, so not even
+`stop` ends that write.  The listening socket carries TCP_USER_TIMEOUT (inherited by
+every connection), so the kernel drops a connection whose data has waited unacknowledged
+for CLIENT_WRITE_TIMEOUT; the write fails, the connection closes, the stream ends.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -23,6 +30,7 @@ from functools import partial
 
 import httpx
 import trio
+from hypercorn.config import Config, Sockets
 from quart_trio import QuartTrio
 
 from ..serving import BackgroundTask, Listening, hypercorn_config, serve_asgi
@@ -35,11 +43,20 @@ from .scrape import ScrapeLoop, fetch_metrics
 from .snapshot import Snapshot
 from .store import AsyncStore, run_maintenance
 
-__all__ = ["GRACEFUL_TIMEOUT", "RunningDashboard", "serve_app", "serve_dashboard"]
+__all__ = [
+    "CLIENT_WRITE_TIMEOUT",
+    "GRACEFUL_TIMEOUT",
+    "RunningDashboard",
+    "serve_app",
+    "serve_dashboard",
+]
 
 log = logging.getLogger("zai_proxy.dashboard")
 
 GRACEFUL_TIMEOUT = 5.0
+# Longest a write to a client may wait for the client to take it (a browser's TCP stack
+# acknowledges at once, even from a background tab).
+CLIENT_WRITE_TIMEOUT = 10.0
 _SNAPSHOT_QUEUE = 256
 
 
@@ -66,6 +83,22 @@ def _end_streams(hub: Hub, stop: trio.Event) -> BackgroundTask:
     return end_streams
 
 
+def _config(host: str, port: int, graceful_timeout: float, write_timeout: float) -> Config:
+    config = hypercorn_config(host, port, graceful_timeout)
+    create = config.create_sockets
+
+    def create_sockets() -> Sockets:
+        sockets = create()
+        milliseconds = max(1, round(write_timeout * 1000))
+        for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+            if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux; elsewhere the OS default
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
+        return sockets
+
+    config.create_sockets = create_sockets  # type: ignore[method-assign]
+    return config
+
+
 async def serve_app(
     app: QuartTrio,
     hub: Hub,
@@ -74,10 +107,11 @@ async def serve_app(
     stop: trio.Event,
     *,
     graceful_timeout: float = GRACEFUL_TIMEOUT,
+    client_write_timeout: float = CLIENT_WRITE_TIMEOUT,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` alone (no scraping) until `stop`; started() with the bound port."""
-    config = hypercorn_config(host, port, graceful_timeout)
+    config = _config(host, port, graceful_timeout, client_write_timeout)
     async with trio.open_nursery() as nursery:
         listening: Listening = await nursery.start(
             partial(serve_asgi, app, config, stop, background=[_end_streams(hub, stop)])
@@ -113,6 +147,7 @@ async def serve_dashboard(
     stop: trio.Event,
     *,
     now: Callable[[], float] = time.time,
+    client_write_timeout: float = CLIENT_WRITE_TIMEOUT,
     task_status: trio.TaskStatus[RunningDashboard] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the dashboard until `stop` is set.
@@ -124,7 +159,7 @@ async def serve_dashboard(
         settings.db_path, retention_5s=settings.retention_5s, retention_1m=settings.retention_1m
     )
     try:
-        await _run(settings, stop, store, now, task_status)
+        await _run(settings, stop, store, now, client_write_timeout, task_status)
     finally:
         await store.aclose()
 
@@ -134,6 +169,7 @@ async def _run(
     stop: trio.Event,
     store: AsyncStore,
     now: Callable[[], float],
+    client_write_timeout: float,
     task_status: trio.TaskStatus[RunningDashboard],
 ) -> None:
     collector = Collector(
@@ -180,7 +216,9 @@ async def _run(
         )
     )
     background.append(_end_streams(hub, stop))
-    config = hypercorn_config(settings.listen_host, settings.listen_port, GRACEFUL_TIMEOUT)
+    config = _config(
+        settings.listen_host, settings.listen_port, GRACEFUL_TIMEOUT, client_write_timeout
+    )
     try:
         async with trio.open_nursery() as nursery:
             listening: Listening = await nursery.start(
