@@ -16,7 +16,7 @@ from functools import partial
 import trio
 
 from . import __version__
-from .errors import SettingsError
+from .errors import ListenError, SettingsError
 from .logs import configure
 from .settings import DashboardSettings, ProxySettings
 from .supervisor import run_until_signalled
@@ -160,7 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = _settings_error(raised)
         if error is None:
             raise
-        print(f"zai-proxy: {error}", file=sys.stderr)
+        hint = ""
+        if args.command == "demo" and isinstance(error, ListenError):
+            hint = " (choose others with --dashboard-port, --proxy-port, --canary-port)"
+        print(f"zai-proxy: {error}{hint}", file=sys.stderr)
         return 2
     return 0
 

@@ -16,6 +16,7 @@ __all__ = [
     "BodyTooLarge",
     "ConnectTimeout",
     "EmptyStream",
+    "ListenError",
     "Overloaded",
     "ProxyError",
     "RateLimited",
@@ -46,6 +47,15 @@ class SettingsError(Exception):
         self.allowed = allowed
         shown = repr(value) if value else "(empty)"
         super().__init__(f"{variable}={shown} is not valid: expected {allowed}")
+
+
+class ListenError(SettingsError):
+    """LISTEN_ADDR names an address this process cannot listen on."""
+
+    def __init__(self, value: str, reason: str) -> None:
+        super().__init__("LISTEN_ADDR", value, "an address this host can listen on")
+        self.reason = reason
+        self.args = (f"LISTEN_ADDR={value!r} cannot be bound: {reason}",)
 
 
 class StoreError(SettingsError):

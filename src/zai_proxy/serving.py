@@ -31,7 +31,7 @@ from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
 
-from .errors import ClientStalled
+from .errors import ClientStalled, ListenError
 from .supervisor import tune_runtime
 
 __all__ = ["Listening", "hypercorn_config", "serve_asgi"]
@@ -93,6 +93,14 @@ class _GuardedTCPServer(TCPServer):
 setattr(hypercorn.trio.run, "TCPServer", _GuardedTCPServer)  # noqa: B010
 
 
+def _listen_error(bind: str, group: BaseExceptionGroup[OSError]) -> ListenError:
+    exc = group.exceptions[0]
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return ListenError(bind, reason.lower())
+
+
 @dataclass(frozen=True, slots=True)
 class Listening:
     host: str
@@ -149,7 +157,11 @@ async def serve_asgi(
             await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
             nursery.cancel_scope.cancel()
 
-        binds: list[str] = await nursery.start(http)
+        try:
+            binds: list[str] = await nursery.start(http)
+        except* OSError as group:
+            # A port in use or a host that does not resolve: a setting, not a crash.
+            raise _listen_error(config.bind[0], group) from None
         host = config.bind[0].rsplit(":", 1)[0].strip("[]")
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
