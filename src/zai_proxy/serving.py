@@ -27,7 +27,7 @@ from typing import Any
 import hypercorn.trio.run
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
 
@@ -48,7 +48,18 @@ class _Config(Config):
 
 
 class _GuardedTCPServer(TCPServer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Set while no request is in flight on this connection.
+        self._idle = trio.Event()
+        self._idle.set()
+
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated):
+            if event.idle:
+                self._idle.set()
+            elif self._idle.is_set():
+                self._idle = trio.Event()
         timeout = getattr(self.config, "client_write_timeout", None)
         if not isinstance(event, RawData) or timeout is None:
             await super().protocol_send(event)
@@ -77,6 +88,26 @@ class _GuardedTCPServer(TCPServer):
             raise ClientStalled(f"a write to the client stalled for {timeout:g}s")
 
     async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._close_when_idle_at_shutdown)
+            try:
+                await self._run_guarded()
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _close_when_idle_at_shutdown(self) -> None:
+        # hypercorn leaves an idle keep-alive connection open through a graceful stop
+        # (its idle timer dies with the request that armed it), and agents always hold
+        # some: every SIGTERM then waited the whole SHUTDOWN_TIMEOUT, which Kubernetes
+        # ends with SIGKILL.  An idle connection is closed as the stop begins; a busy one
+        # is closed by hypercorn after its answer.
+        await self.context.terminated.wait()
+        while not self._idle.is_set():
+            await self._idle.wait()
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
+
+    async def _run_guarded(self) -> None:
         try:
             await super().run()
         except ClientStalled:

@@ -13,6 +13,7 @@ import trio
 
 from tests.conftest import UPSTREAM_KEY, StartUpstream
 
+MESSAGE = {"model": "glm-4.6", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
 STREAM = {
     "model": "glm-4.6",
     "max_tokens": 256,
@@ -77,6 +78,31 @@ async def test_sigterm_lets_an_in_flight_stream_finish_then_exits_0(
         else:
             await stream.aclose()
             raise AssertionError("the proxy still accepts connections after SIGTERM")
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_sigterm_closes_idle_keep_alive_connections_and_exits_at_once(
+    start_upstream: StartUpstream,
+) -> None:
+    # Agents hold keep-alive connections between requests; with SHUTDOWN_TIMEOUT=20s
+    # the process must still exit as soon as nothing is in flight.
+    upstream = await start_upstream()
+    process, origin, _ = await start_serve(upstream.url)
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            answered = await client.post(origin + "/api/anthropic/v1/messages", json=MESSAGE)
+            health = await client.get(origin + "/healthz")
+            assert answered.status_code == 200 and health.status_code == 200
+            started = trio.current_time()
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(15):
+                code = await process.wait()
+            elapsed = trio.current_time() - started
+        assert code == 0
+        assert elapsed < 3.0, elapsed
     finally:
         if process.returncode is None:
             process.kill()
