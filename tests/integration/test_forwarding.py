@@ -86,6 +86,17 @@ async def test_any_method_is_forwarded(proxy: ProxyHandle, upstream: SimUpstream
     ]
 
 
+async def test_a_head_answer_carries_the_upstreams_content_length(
+    proxy: ProxyHandle, upstream: SimUpstream
+) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        got = await client.get(proxy.url + "/v1/models")
+        head = await client.head(proxy.url + "/v1/models")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(got.content))
+    assert upstream.records[-1].method == "HEAD"
+
+
 async def test_callers_credentials_are_replaced_by_the_key(
     proxy: ProxyHandle, upstream: SimUpstream
 ) -> None:

@@ -269,3 +269,14 @@ async def test_an_empty_answer_where_json_is_due_is_still_retried(
     response = await post(proxy)
     assert response.status_code == 200 and response.json()["type"] == "message"
     assert upstream.total_requests == 2
+
+
+@pytest.mark.parametrize("value", ["soon", "-5", "nan", "1e999"])
+async def test_an_upstream_retry_after_that_is_not_a_delay_is_replaced_by_ours(
+    proxy: ProxyHandle, upstream: SimUpstream, value: str
+) -> None:
+    upstream.script(*[Fault.status(429, retry_after=value)] * 4)
+    response = await post(proxy)
+    assert response.status_code == 429
+    assert response.headers.get_list("retry-after") == [response.headers["retry-after"]]
+    assert int(response.headers["retry-after"]) >= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 import trio
 import trio.testing
 
@@ -221,3 +222,29 @@ async def test_error_event_inside_a_stream_counts_as_an_error(
     requests = "zai_proxy_requests_total"
     assert proxy.sample(requests, method="POST", path="/v1/messages", status_code="529") == 1
     assert proxy.sample("zai_proxy_upstream_errors_total", error_type="stream_error_event") == 1
+
+
+async def test_a_stream_cut_at_the_shutdown_deadline_ends_with_an_error_event(
+    start_upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    upstream = await start_upstream(stream_gap=0.5, events_per_stream=40)
+    proxy = await start_proxy(upstream, SHUTDOWN_TIMEOUT="1s")
+    async with httpx.AsyncClient(timeout=10) as client:
+        async with client.stream("POST", proxy.url + "/v1/messages", json=STREAM) as response:
+            chunks = response.aiter_raw()
+            body = await anext(chunks)
+            proxy.stop.set()
+            # The connection closes at the deadline, so the chunked body ends unfinished;
+            # what counts is that an error event came before it.
+            with trio.fail_after(10), pytest.raises(httpx.RemoteProtocolError):
+                async for chunk in chunks:
+                    body += chunk
+    assert b"event: message_stop" not in body
+    assert body.endswith(b"\n\n") and b"event: error" in body.rsplit(b"\n\n", 2)[-2]
+    assert b"stopped before the stream ended" in body
+    assert (
+        proxy.sample(
+            "zai_proxy_requests_total", method="POST", path="/v1/messages", status_code="503"
+        )
+        == 1
+    )

@@ -17,6 +17,7 @@ import httpx
 import trio
 
 from ..errors import (
+    ClientStalled,
     EmptyStream,
     RateLimited,
     RetryableError,
@@ -228,7 +229,11 @@ class Forwarder:
                 },
             )
         headers = response_headers(response.headers.raw)
-        headers.append((b"content-length", str(len(body)).encode()))
+        length = str(len(body)).encode()
+        if exchange.method == "HEAD":
+            # No body comes with a HEAD answer: its length is the one a GET would have.
+            length = header_value(response.headers.raw, b"content-length") or length
+        headers.append((b"content-length", length))
         headers.append((b"x-request-id", exchange.request_id.encode()))
         if outcome.usage is not None:
             headers.append((b"x-token-input", str(outcome.usage.input).encode()))
@@ -280,6 +285,21 @@ class Forwarder:
                         sent += len(out)
         except StreamBroken as exc:
             broken = exc
+        except trio.Cancelled:
+            # Cut from outside: the shutdown deadline passed, or the client left.  End
+            # the stream with an error event while the connection may still take it,
+            # so the client sees why rather than a stream that merely stops.
+            outcome.status = 503
+            outcome.error_type = "cancelled"
+            event = events.abandon() + stream_error_event(
+                exchange.style, "zai-proxy stopped before the stream ended"
+            )
+            with trio.move_on_after(1, shield=True):
+                try:
+                    await downstream.body(event)
+                except ClientStalled:
+                    pass  # the client is gone too; the cancellation still goes on
+            raise
         tracker.finish()
         if (
             broken is None

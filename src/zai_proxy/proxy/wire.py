@@ -12,7 +12,7 @@ import json
 import math
 
 from ..errors import ProxyError, UpstreamThrottled
-from .headers import header_value, http_date, response_headers
+from .headers import header_value, http_date, parse_retry_after, response_headers
 from .paths import ApiStyle
 
 __all__ = [
@@ -73,7 +73,9 @@ def throttled_answer(
 ) -> Answer:
     """The upstream's last 429, passed on with a Retry-After the client can rely on."""
     headers = response_headers(error.headers)
-    if header_value(headers, b"retry-after") is None:
+    if parse_retry_after(header_value(headers, b"retry-after")) is None:
+        # Missing or not a delay a client can parse: ours replaces it.
+        headers = [(name, value) for name, value in headers if name != b"retry-after"]
         headers.append((b"retry-after", retry_after_value(fallback_retry_after)))
     headers.extend(_framing(error.body, request_id))
     return headers, error.body

@@ -977,7 +977,9 @@ class SimUpstream:
         record.status = reply.status
         self.status_counts[reply.status] += 1
         self._notify()
-        if reply.events is None:
+        if record.method == "HEAD":
+            pass  # the headers only, Content-Length included
+        elif reply.events is None:
             if reply.drop_after is not None:
                 await self._send(stream, conn, h11.Data(data=reply.body[: len(reply.body) // 2]))
                 return _After.CLOSE
@@ -1004,7 +1006,9 @@ class SimUpstream:
         route = path[len(base) :] if path.startswith(base + "/") else None
         if route is None or route not in _ROUTES:
             return _error_reply("anthropic", 404, f"Not found: {path}")
-        if record.method != _ROUTES[route]:
+        # HEAD is GET without the body, as any HTTP server answers it.
+        method = "GET" if record.method == "HEAD" else record.method
+        if method != _ROUTES[route]:
             reply = _error_reply("anthropic", 405, f"Method {record.method} not allowed")
             reply.headers.append(("allow", _ROUTES[route]))
             return reply
