@@ -389,6 +389,13 @@ class SSEUsageTracker:
     def _anthropic_wants(self, name: bytes) -> bool:
         return name in _ANTHROPIC_WANTED or (self._capture_cap > 0 and name in _ANTHROPIC_TEXT)
 
+    def _event_object(self, data: bytes) -> dict[str, object] | None:
+        """The event's JSON object, or None (counted as malformed)."""
+        obj = _loads_dict(data)
+        if obj is None:
+            self.malformed += 1
+        return obj
+
     def _reset_event(self) -> None:
         self._event = None
         self._data.clear()
@@ -424,9 +431,8 @@ class SSEUsageTracker:
             or (self._capture_cap > 0 and b"content_block_" in data)
         ):
             return
-        obj = _loads_dict(data)
+        obj = self._event_object(data)
         if obj is None:
-            self.malformed += 1
             return
         kind = obj.get("type")
         if kind == "message_start":
@@ -469,9 +475,8 @@ class SSEUsageTracker:
             return
         if self._capture_cap <= 0 and not (_has_usage_value(data) or b'"error"' in data):
             return
-        obj = _loads_dict(data)
+        obj = self._event_object(data)
         if obj is None:
-            self.malformed += 1
             return
         usage = obj.get("usage")
         if usage is not None:
