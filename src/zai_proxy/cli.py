@@ -56,7 +56,9 @@ PROXY_VARIABLES = {
 
 
 DASHBOARD_VARIABLES = {
-    "SCRAPE_TARGETS": "comma-separated proxy /metrics URLs to scrape",
+    "SCRAPE_TARGETS": "comma-separated proxy /metrics URLs; dns+http://NAME:PORT/metrics "
+    "scrapes every address NAME resolves to (a headless Service's pods)",
+    "DNS_REFRESH_SCRAPES": "scrape intervals between re-resolving dns+ targets (default 6)",
     "SCRAPE_INTERVAL": "how often to scrape each target (default 5s)",
     "SCRAPE_TIMEOUT": "per-scrape timeout (default 3s)",
     "LISTEN_ADDR": "address to listen on, HOST:PORT or :PORT (default :8080)",

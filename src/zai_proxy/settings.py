@@ -336,6 +336,8 @@ class DashboardSettings:
     retention_5s: float = 24 * 3600.0
     retention_1m: float = 168 * 3600.0
     log_level: str = "info"
+    # dns+ targets are re-resolved every this many scrape intervals.
+    dns_refresh_scrapes: int = 6
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DashboardSettings:
@@ -345,12 +347,12 @@ class DashboardSettings:
         for item in raw_targets.split(","):
             if not item.strip():
                 continue
-            parts = urlsplit(item.strip())
-            if parts.scheme not in ("http", "https") or not parts.hostname:
+            if not _scrape_target_ok(item.strip()):
                 raise SettingsError(
                     "SCRAPE_TARGETS",
-                    without_userinfo(item.strip()),
-                    "comma-separated http(s) URLs",
+                    _redacted_url(item.strip()),
+                    "comma-separated http(s) URLs, or dns+http(s)://NAME[:PORT]/PATH "
+                    "for every address NAME resolves to",
                 )
             targets.append(item.strip())
         if not targets:
@@ -372,7 +374,22 @@ class DashboardSettings:
             retention_5s=read.duration("RETENTION_5S", "24h", minimum=60.0),
             retention_1m=read.duration("RETENTION_1M", "168h", minimum=60.0),
             log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            dns_refresh_scrapes=read.integer("DNS_REFRESH_SCRAPES", 6, minimum=1, maximum=100_000),
         )
+
+
+def _scrape_target_ok(url: str) -> bool:
+    # dashboard/targets.py reads the dns+ form; this only decides whether start-up may go on.
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    if parts.scheme.lower() in ("dns+http", "dns+https"):
+        name = parts.hostname or ""
+        # A name to resolve: not empty, not an IP address.
+        return bool(name) and ":" not in name and not re.fullmatch(r"[\d.]+", name)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def without_userinfo(url: str) -> str:

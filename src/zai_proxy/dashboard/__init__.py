@@ -15,8 +15,15 @@ from .app import (
 )
 from .collector import (
     Collector,
+    DnsStatus,
+    PodChange,
     TargetStatus,
     infer_variant,
+)
+from .discovery import (
+    Discovery,
+    Resolve,
+    resolve_addresses,
 )
 from .hub import (
     CLIENT_BUFFER,
@@ -57,6 +64,10 @@ from .store import (
     Store,
     run_maintenance,
 )
+from .targets import (
+    DnsTarget,
+    parse_dns_target,
+)
 
 __all__ = [
     "CLIENT_BUFFER",
@@ -73,10 +84,15 @@ __all__ = [
     "AsyncStore",
     "Collector",
     "DashboardStats",
+    "Discovery",
+    "DnsStatus",
+    "DnsTarget",
     "Exposition",
     "Hub",
     "Maintenance",
+    "PodChange",
     "Reading",
+    "Resolve",
     "RunningDashboard",
     "ScrapeLoop",
     "Snapshot",
@@ -90,7 +106,9 @@ __all__ = [
     "increases",
     "infer_variant",
     "parse",
+    "parse_dns_target",
     "read",
+    "resolve_addresses",
     "run_maintenance",
     "serve_app",
     "serve_dashboard",

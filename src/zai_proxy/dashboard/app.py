@@ -3,7 +3,7 @@
 ```
 GET /api/events                      SSE: connected, then snapshot frames, keepalives
 GET /api/metrics?range=&variant=     history, JSON array of snapshots, oldest first
-GET /api/status                      latest snapshot per variant, targets and staleness
+GET /api/status                      latest snapshot per variant, targets (pods too), dns+ targets
 GET /api/config                      scrape interval and targets (userinfo removed)
 GET /healthz                         liveness
 GET /metrics                         the dashboard's own health, zai_dashboard_*
@@ -285,6 +285,7 @@ def create_app(
             "scrape_interval_s": settings.scrape_interval,
             "variants": variants,
             "targets": [s.to_dict() for s in collector.status()],
+            "dns_targets": [s.to_dict() for s in collector.dns_status()],
         }
         return Response(_json(body), content_type="application/json")
 

@@ -15,6 +15,12 @@ Choices worth knowing:
 - `interval_s` is the mean of the targets' own scrape intervals.
 - If a target's task misses a tick altogether (it crashed and is waiting to restart), the
   tick is closed when another target of the variant reports the next one.
+- A `dns+` target (see `targets.py`) is a source of pods: `resolved` adds a target per new
+  address and drops those that went away, `resolution_failed` keeps the last pods.  A new
+  pod joins at the variant's current tick, so it holds no tick back, and its first scrape
+  only primes (no spike from counters it gathered before).  A pod that goes away
+  gives the open tick the reading it already made and closes that tick if it was the
+  last one missing, so the rate neither spikes nor drops to zero.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from ..settings import VARIANTS, without_userinfo
 from .promparse import Exposition, parse
 from .readings import Reading, build_snapshot, read
 from .snapshot import Snapshot
+from .targets import DnsTarget, parse_dns_target
 
-__all__ = ["Collector", "TargetStatus", "infer_variant"]
+__all__ = ["Collector", "DnsStatus", "PodChange", "TargetStatus", "infer_variant"]
 
 
 def infer_variant(url: str) -> str:
@@ -47,10 +54,12 @@ class TargetStatus:
     last_error: str | None
     scrapes_ok: int
     scrapes_failed: int
+    source: str | None = None  # the dns+ target (without userinfo) this pod came from
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "url": self.url,
+            "source": self.source,
             "variant": self.variant,
             "up": self.up,
             "stale": not self.up,
@@ -60,6 +69,52 @@ class TargetStatus:
             "scrapes_ok": self.scrapes_ok,
             "scrapes_failed": self.scrapes_failed,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class DnsStatus:
+    """A dns+ target's pods and how its last resolutions went."""
+
+    target: str  # without userinfo
+    variant: str
+    pods: tuple[str, ...]  # pod URLs without userinfo
+    last_resolution: float | None  # unix seconds
+    last_error: str | None
+    resolutions_ok: int
+    resolutions_failed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "variant": self.variant,
+            "pods": list(self.pods),
+            "last_resolution": self.last_resolution,
+            "last_error": self.last_error,
+            "resolutions_ok": self.resolutions_ok,
+            "resolutions_failed": self.resolutions_failed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PodChange:
+    """What a resolution changed: pod URLs to start and stop scraping, and the snapshots
+    that the pods' leaving completed."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    snapshots: list[Snapshot]
+
+
+@dataclass(slots=True)
+class _Source:
+    dns: DnsTarget
+    shown: str
+    variant: str
+    pods: tuple[str, ...] = ()
+    last_resolution: float | None = None
+    last_error: str | None = None
+    ok: int = 0
+    failed: int = 0
 
 
 @dataclass(slots=True)
@@ -78,6 +133,7 @@ class _Target:
     last_error: str | None = None
     last_scrape: float | None = None
     last_success: float | None = None
+    source: str | None = None
 
 
 class Collector:
@@ -89,22 +145,97 @@ class Collector:
         self.interval = interval
         self.epoch_ts = epoch_ts
         self._targets: dict[str, _Target] = {}
+        self._sources: dict[str, _Source] = {}
         for url in targets:
             variant = infer_variant(url)
+            dns = parse_dns_target(url)
+            if dns is not None:
+                self._sources[url] = _Source(dns=dns, shown=without_userinfo(url), variant=variant)
+                continue
             self._targets[url] = _Target(
                 url=url, shown=without_userinfo(url), inferred=variant, variant=variant
             )
         self._emitted: dict[str, int] = {}
+        # Readings of pods that went away before their tick was emitted.
+        self._leftover: dict[str, list[Reading]] = {}
 
     @property
     def targets(self) -> list[str]:
+        """The URLs scraped now: the plain targets and the pods of the dns+ targets."""
         return list(self._targets)
+
+    @property
+    def dns_targets(self) -> list[str]:
+        return list(self._sources)
+
+    def pods(self, source: str) -> tuple[str, ...]:
+        """The pod URLs of dns+ target `source`, as last resolved."""
+        return self._sources[source].pods
+
+    def resolved(self, source: str, addresses: Sequence[str], *, ts: float) -> PodChange:
+        """dns+ target `source` resolved to `addresses` at unix time `ts`."""
+        src = self._sources[source]
+        src.last_resolution = ts
+        src.last_error = None
+        src.ok += 1
+        urls = tuple(dict.fromkeys(src.dns.pod_url(a) for a in addresses))
+        added = tuple(u for u in urls if u not in src.pods)
+        removed = tuple(u for u in src.pods if u not in urls)
+        src.pods = urls
+        snapshots: list[Snapshot] = []
+        for url in removed:
+            snapshots += self._remove(url)
+        for url in added:
+            members = self._members(src.variant)
+            self._targets[url] = _Target(
+                url=url,
+                shown=without_userinfo(url),
+                inferred=src.variant,
+                variant=src.variant,
+                tick=max((t.tick for t in members), default=-1),
+                source=source,
+            )
+        return PodChange(added=added, removed=removed, snapshots=snapshots)
+
+    def resolution_failed(self, source: str, error: str, *, ts: float) -> None:
+        """dns+ target `source` could not be resolved at `ts`: its pods stay as they were."""
+        src = self._sources[source]
+        src.last_resolution = ts
+        src.last_error = error
+        src.failed += 1
+
+    def dns_status(self) -> list[DnsStatus]:
+        return [
+            DnsStatus(
+                target=src.shown,
+                variant=src.variant,
+                pods=tuple(without_userinfo(u) for u in src.pods),
+                last_resolution=src.last_resolution,
+                last_error=src.last_error,
+                resolutions_ok=src.ok,
+                resolutions_failed=src.failed,
+            )
+            for src in self._sources.values()
+        ]
+
+    def _remove(self, url: str) -> list[Snapshot]:
+        target = self._targets.pop(url)
+        if target.pending is not None:
+            self._leftover.setdefault(target.variant, []).append(target.pending)
+        members = self._members(target.variant)
+        if not members:
+            return []
+        # If this pod was the last one the open tick waited for, the tick is complete.
+        return self._maybe_emit(target.variant, max(t.tick for t in members))
 
     def tick_ts(self, tick: int) -> float:
         return self.epoch_ts + tick * self.interval
 
     def variants(self) -> list[str]:
-        return sorted({t.variant for t in self._targets.values()})
+        found = {t.variant for t in self._targets.values()}
+        # A dns+ target that has no pods (yet) still names its variant.
+        found |= {s.variant for s in self._sources.values() if not s.pods}
+        return sorted(found)
 
     def status(self) -> list[TargetStatus]:
         return [
@@ -117,13 +248,16 @@ class Collector:
                 last_error=t.last_error,
                 scrapes_ok=t.ok,
                 scrapes_failed=t.failed,
+                source=None if t.source is None else self._sources[t.source].shown,
             )
             for t in self._targets.values()
         ]
 
     def error_of(self, url: str) -> str | None:
         """Why the target's last scrape failed; None if it is up."""
-        target = self._targets[url]
+        target = self._targets.get(url)
+        if target is None:
+            return None  # a pod that went away
         return None if target.up else target.last_error or "not scraped yet"
 
     def observe(
@@ -139,7 +273,9 @@ class Collector:
         """Record target `url`'s scrape for `tick`, made at monotonic time `at`: its
         exposition (as `text`, or already parsed), or the `error` that stopped it.
         Returns the snapshots this completes (usually none or one)."""
-        target = self._targets[url]
+        target = self._targets.get(url)
+        if target is None:
+            return []  # a pod that went away while its scrape was under way
         out = self._close_before(target.variant, tick)
         target.tick = tick
         target.last_scrape = self.tick_ts(tick)
@@ -207,6 +343,7 @@ class Collector:
         members = self._members(variant)
         up = [t for t in members if t.tick == tick and t.up]
         readings = [t.pending for t in members if t.pending is not None]
+        readings += self._leftover.pop(variant, [])
         for t in members:
             t.pending = None
         ts = self.tick_ts(tick)

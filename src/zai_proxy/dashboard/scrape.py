@@ -113,6 +113,16 @@ class ScrapeLoop:
         # thread, and the next tick's waits for it rather than piling up beside it.
         self._parsers: dict[str, trio.CapacityLimiter] = {}
 
+    def time_of(self, tick: float) -> float:
+        """The trio time of `tick` on the schedule every target keeps."""
+        return self._epoch + tick * self._interval
+
+    def forget(self, url: str) -> None:
+        """Drop what the loop keeps for `url` (a pod that went away)."""
+        self._last_tick.pop(url, None)
+        self._down.discard(url)
+        self._parsers.pop(url, None)
+
     def _log_transition(self, url: str, error: str | None) -> None:
         # Once per change, not once per tick: a target down for a day is one line.
         shown = without_userinfo(url)

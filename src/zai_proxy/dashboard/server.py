@@ -4,6 +4,7 @@
 serve_dashboard
 ├─ hypercorn serving the app (until `stop`; SSE streams are ended by `hub.close()`)
 ├─ scrape task per target (supervised) --snapshots--> broadcast: hub.publish + store.insert
+├─ discovery task per dns+ target (supervised): a scrape task per pod, as pods come and go
 └─ downsample / purge task, every 10 minutes (supervised)
 ```
 On `stop`: the hub closes every SSE stream, hypercorn drains what is left (at most
@@ -38,10 +39,12 @@ from ..settings import DashboardSettings, without_userinfo
 from ..supervisor import supervised
 from .app import DashboardStats, create_app
 from .collector import Collector
+from .discovery import Discovery, Resolve, resolve_addresses
 from .hub import Hub
 from .scrape import ScrapeLoop, fetch_metrics
 from .snapshot import Snapshot
 from .store import AsyncStore, run_maintenance
+from .targets import parse_dns_target
 
 __all__ = [
     "CLIENT_WRITE_TIMEOUT",
@@ -58,6 +61,7 @@ GRACEFUL_TIMEOUT = 5.0
 # acknowledges at once, even from a background tab).
 CLIENT_WRITE_TIMEOUT = 10.0
 _SNAPSHOT_QUEUE = 256
+_PODS_PER_DNS_TARGET = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +152,10 @@ async def serve_dashboard(
     *,
     now: Callable[[], float] = time.time,
     client_write_timeout: float = CLIENT_WRITE_TIMEOUT,
+    resolve: Resolve = resolve_addresses,
     task_status: trio.TaskStatus[RunningDashboard] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the dashboard until `stop` is set.
+    """Run the dashboard until `stop` is set.  `resolve` answers for dns+ targets.
 
     Raises `StoreError` (a `SettingsError` naming DB_PATH) before starting if the database
     cannot be used.
@@ -159,7 +164,7 @@ async def serve_dashboard(
         settings.db_path, retention_5s=settings.retention_5s, retention_1m=settings.retention_1m
     )
     try:
-        await _run(settings, stop, store, now, client_write_timeout, task_status)
+        await _run(settings, stop, store, now, client_write_timeout, resolve, task_status)
     finally:
         await store.aclose()
 
@@ -170,6 +175,7 @@ async def _run(
     store: AsyncStore,
     now: Callable[[], float],
     client_write_timeout: float,
+    resolve: Resolve,
     task_status: trio.TaskStatus[RunningDashboard],
 ) -> None:
     collector = Collector(
@@ -182,12 +188,12 @@ async def _run(
         settings=settings, collector=collector, hub=hub, store=store, stats=stats, now=now
     )
     send, receive = trio.open_memory_channel[Snapshot](_SNAPSHOT_QUEUE)
+    dns_targets = [u for u in settings.scrape_targets if parse_dns_target(u) is not None]
+    # Room for the pods of a dns+ target without letting a huge answer open without end.
+    connections = len(settings.scrape_targets) + _PODS_PER_DNS_TARGET * len(dns_targets)
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(settings.scrape_timeout),
-        limits=httpx.Limits(
-            max_connections=2 * len(settings.scrape_targets),
-            max_keepalive_connections=len(settings.scrape_targets),
-        ),
+        limits=httpx.Limits(max_connections=2 * connections, max_keepalive_connections=connections),
         follow_redirects=False,
         # A scrape goes straight to the target: no proxy or .netrc from the environment.
         trust_env=False,
@@ -206,6 +212,20 @@ async def _run(
         )
     ]
     for url in settings.scrape_targets:
+        if url in dns_targets:
+            discovery = Discovery(
+                loop,
+                url,
+                emit=send.send,
+                every=settings.dns_refresh_scrapes,
+                timeout=settings.scrape_timeout,
+                resolve=resolve,
+                now=now,
+                on_crash=stats.restarted,
+            )
+            name = f"discover {without_userinfo(url)}"
+            background.append(supervised(name, discovery.run, on_crash=stats.restarted))
+            continue
         name = f"scrape {without_userinfo(url)}"
         background.append(supervised(name, partial(loop.run_target, url), on_crash=stats.restarted))
     background.append(
