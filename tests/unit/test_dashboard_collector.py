@@ -11,7 +11,17 @@ import trio
 import trio.testing
 from prometheus_client import generate_latest
 
-from zai_proxy.dashboard import Collector, ScrapeLoop, Snapshot, infer_variant
+from zai_proxy.dashboard import (
+    Collector,
+    Reading,
+    ScrapeLoop,
+    Snapshot,
+    build_snapshot,
+    infer_variant,
+    parse,
+    read,
+)
+from zai_proxy.dashboard.readings import MAX_FIGURE, MAX_LABEL_VALUES
 from zai_proxy.errors import ScrapeError
 from zai_proxy.proxy import LiveState, ProxyMetrics
 from zai_proxy.settings import without_userinfo
@@ -479,3 +489,235 @@ def test_a_late_report_is_not_lost_but_joins_the_next_snapshot() -> None:
     # counted once.
     assert tick_2.req_rate == pytest.approx(10.0 + 10.0)
     assert tick_2.interval_s == pytest.approx(7.5)
+
+
+# ---------------------------------------------------------------------------- the maths, directly
+
+
+def exposition(*lines: str) -> str:
+    return "\n".join(lines) + "\n"
+
+
+def reading(before: str, after: str, seconds: float = 5.0) -> Reading:
+    return read(parse(before), parse(after), seconds)
+
+
+def one(interval: float = 5.0, **values: object) -> Snapshot:
+    return build_snapshot(
+        ts=100.0,
+        variant="canary",
+        readings=[Reading(interval=interval, **values)],  # type: ignore[arg-type]
+        expositions=[],
+        targets_up=1,
+        targets_total=2,
+    )
+
+
+def test_a_snapshot_of_requests_alone_has_zero_tokens_and_adjustments_not_null() -> None:
+    assert one(requests=10.0, by_status={"200": 10.0}) == Snapshot(
+        ts=100.0,
+        variant="canary",
+        interval_s=5.0,
+        stale=False,
+        targets_up=1,
+        targets_total=2,
+        req_rate=2.0,
+        error_rate_pct=0.0,
+        status_code_rates={"200": 2.0},
+        token_rate_in=0.0,
+        token_rate_out=0.0,
+        token_rate_cache_read=0.0,
+        token_rate_cache_write=0.0,
+        tokens_in=0.0,
+        tokens_out=0.0,
+        tokens_cache_read=0.0,
+        tokens_cache_write=0.0,
+        rate_limit_adj_increase=0.0,
+        rate_limit_adj_decrease=0.0,
+        rate_limit_adj_probe=0.0,
+        rejections=0.0,
+    )
+
+
+def test_probe_adjustments_are_counted() -> None:
+    assert one(adjustments={"probe": 2.0}).rate_limit_adj_probe == 2.0
+
+
+def test_one_failed_request_is_a_hundred_percent() -> None:
+    assert one(requests=1.0, errors_5xx=1.0).error_rate_pct == 100.0
+
+
+def test_a_snapshot_needs_a_reading() -> None:
+    with pytest.raises(ValueError, match=r"^build_snapshot needs at least one reading$"):
+        build_snapshot(
+            ts=0.0, variant="canary", readings=[], expositions=[], targets_up=0, targets_total=1
+        )
+
+
+def test_a_one_second_reading_has_rates_and_a_zero_second_one_has_none() -> None:
+    assert one(interval=1.0, requests=3.0).req_rate == 3.0
+    both = build_snapshot(
+        ts=0.0,
+        variant="canary",
+        readings=[Reading(interval=0.0, requests=7.0), Reading(interval=5.0, requests=10.0)],
+        expositions=[],
+        targets_up=2,
+        targets_total=2,
+    )
+    assert (both.req_rate, both.interval_s) == (2.0, 2.5)
+
+
+def gauges(concurrent: float, max_workers: float) -> str:
+    return exposition(
+        "# TYPE zai_proxy_concurrent_requests gauge",
+        f"zai_proxy_concurrent_requests {concurrent}",
+        "# TYPE zai_proxy_max_workers gauge",
+        f"zai_proxy_max_workers {max_workers}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("concurrent", "max_workers", "utilization"),
+    [(0.0, 4.0, 0.0), (1.0, 1.0, 1.0), (0.0, 0.0, None)],
+)
+def test_worker_utilization_is_in_use_over_capacity(
+    concurrent: float, max_workers: float, utilization: float | None
+) -> None:
+    snapshot = build_snapshot(
+        ts=0.0,
+        variant="canary",
+        readings=[Reading(interval=5.0)],
+        expositions=[parse(gauges(concurrent, max_workers))],
+        targets_up=1,
+        targets_total=1,
+    )
+    assert snapshot.worker_utilization == utilization
+
+
+def test_an_absurd_gauge_is_left_out_of_the_sum_not_the_others() -> None:
+    snapshot = build_snapshot(
+        ts=0.0,
+        variant="canary",
+        readings=[Reading(interval=5.0)],
+        expositions=[parse(gauges(1e300, 8.0)), parse(gauges(2.0, 8.0))],
+        targets_up=2,
+        targets_total=2,
+    )
+    assert (snapshot.concurrent, snapshot.max_workers) == (2.0, 16.0)
+
+
+def requests_counter(*lines: str) -> str:
+    return exposition("# TYPE zai_proxy_requests_total counter", *lines)
+
+
+def test_every_5xx_status_adds_to_the_errors() -> None:
+    before = requests_counter(
+        'zai_proxy_requests_total{status_code="500"} 0',
+        'zai_proxy_requests_total{status_code="503"} 0',
+    )
+    after = requests_counter(
+        'zai_proxy_requests_total{status_code="500"} 2',
+        'zai_proxy_requests_total{status_code="503"} 3',
+    )
+    got = reading(before, after)
+    assert (got.requests, got.errors_5xx) == (5.0, 5.0)
+
+
+def test_request_sizes_add_up_across_label_sets() -> None:
+    def sizes(total: float, count: float) -> str:
+        return exposition(
+            "# TYPE zai_proxy_request_size_bytes histogram",
+            *(
+                line
+                for method in ("GET", "POST")
+                for line in (
+                    f'zai_proxy_request_size_bytes_bucket{{le="+Inf",method="{method}"}} {count}',
+                    f'zai_proxy_request_size_bytes_count{{method="{method}"}} {count}',
+                    f'zai_proxy_request_size_bytes_sum{{method="{method}"}} {total}',
+                )
+            ),
+        )
+
+    got = reading(sizes(0, 0), sizes(100.0, 2.0))
+    assert (got.request_size_sum, got.request_size_count) == (200.0, 4.0)
+
+
+def test_an_absurd_increase_is_skipped_not_the_series_after_it() -> None:
+    before = requests_counter(
+        'zai_proxy_requests_total{status_code="200"} 0',
+        'zai_proxy_requests_total{status_code="201"} 0',
+    )
+    after = requests_counter(
+        'zai_proxy_requests_total{status_code="200"} 1e300',
+        'zai_proxy_requests_total{status_code="201"} 4',
+    )
+    got = reading(before, after)
+    assert (got.requests, got.by_status) == (4.0, {"201": 4.0})
+
+
+def test_an_increase_of_exactly_max_figure_counts() -> None:
+    got = reading(
+        requests_counter("zai_proxy_requests_total 0"),
+        requests_counter(f"zai_proxy_requests_total {MAX_FIGURE!r}"),
+    )
+    assert got.requests == MAX_FIGURE
+
+
+def test_a_bucket_without_a_numeric_bound_is_skipped_not_the_buckets_after_it() -> None:
+    def buckets(count: float) -> str:
+        return exposition(
+            "# TYPE zai_proxy_request_duration_seconds histogram",
+            f'zai_proxy_request_duration_seconds_bucket{{le="soon"}} {count}',
+            f'zai_proxy_request_duration_seconds_bucket{{le="0.5"}} {count}',
+            f'zai_proxy_request_duration_seconds_bucket{{le="+Inf"}} {count}',
+        )
+
+    assert reading(buckets(0), buckets(3)).duration_buckets == {0.5: 3.0, math.inf: 3.0}
+
+
+def test_a_request_without_a_status_label_is_counted_under_the_empty_status() -> None:
+    got = reading(
+        requests_counter("zai_proxy_requests_total 0"),
+        requests_counter("zai_proxy_requests_total 2"),
+    )
+    assert got.by_status == {"": 2.0}
+
+
+def test_label_values_past_the_cap_are_counted_as_other() -> None:
+    codes = [str(200 + i) for i in range(MAX_LABEL_VALUES + 2)]
+    before = requests_counter(*(f'zai_proxy_requests_total{{status_code="{c}"}} 0' for c in codes))
+    after = requests_counter(*(f'zai_proxy_requests_total{{status_code="{c}"}} 1' for c in codes))
+    got = reading(before, after)
+    assert list(got.by_status) == codes[:MAX_LABEL_VALUES] + ["other"]
+    assert got.by_status["other"] == 2.0
+
+
+def test_a_value_already_counted_is_counted_under_itself_past_the_cap() -> None:
+    codes = [str(200 + i) for i in range(MAX_LABEL_VALUES)]
+    lines = [f'zai_proxy_requests_total{{status_code="{c}",path="/a"}}' for c in codes]
+    extra = [f'zai_proxy_requests_total{{status_code="{codes[0]}",path="/b"}}']
+    before = requests_counter(*(f"{line} 0" for line in lines + extra))
+    after = requests_counter(*(f"{line} 1" for line in lines + extra))
+    got = reading(before, after)
+    assert got.by_status[codes[0]] == 2.0
+    assert "other" not in got.by_status
+
+
+def test_absurd_sums_are_nulled_and_absurd_map_entries_dropped() -> None:
+    huge = Reading(
+        interval=1.0,
+        requests=1.0,
+        tokens={"input": MAX_FIGURE},
+        by_status={"200": MAX_FIGURE, "500": 1.0},
+    )
+    snapshot = build_snapshot(
+        ts=0.0,
+        variant="canary",
+        readings=[huge, huge],
+        expositions=[],
+        targets_up=2,
+        targets_total=2,
+    )
+    assert (snapshot.tokens_in, snapshot.token_rate_in) == (None, None)
+    assert snapshot.status_code_rates == {"500": 2.0}
+    assert snapshot.req_rate == 2.0

@@ -190,3 +190,191 @@ def test_worked_examples_agree_with_promtool(tmp_path: Path) -> None:
         [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# More cases worked by hand from PromQL's rules; promtool checks these too (below).
+MORE_WORKED: list[tuple[list[tuple[float, float]], float, float]] = [
+    # q = 1 is the top of the bucket that holds the last observation, not +Inf.
+    ([(0.1, 10), (0.5, 30), (1, 40), (INF, 40)], 1.0, 1.0),
+    # A single observation is interpolated like many.
+    ([(0.1, 0), (0.5, 1), (INF, 1)], 0.5, 0.3),
+    # A bucket below its neighbour counts as the neighbour, above the rank too.
+    ([(0.1, 10), (0.5, 8), (1, 20), (INF, 20)], 0.75, 0.75),
+    # q = 0 with an empty lowest bucket at bound 0: that bound, not 0/0.
+    ([(0, 0), (0.5, 4), (INF, 4)], 0.0, 0.0),
+    # Negative counts (a broken target) never index past the +Inf bucket.
+    ([(0.1, -5), (INF, -5)], 0.5, 0.1),
+    # A count that happens to equal the next bound is just a count.
+    ([(1, 2), (2, 5), (INF, 5)], 0.5, 7 / 6),
+]
+
+
+@pytest.mark.parametrize(("buckets", "q", "expected"), MORE_WORKED)
+def test_histogram_quantile_edge_cases(
+    buckets: list[tuple[float, float]], q: float, expected: float
+) -> None:
+    assert histogram_quantile(q, buckets) == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_edge_cases_agree_with_promtool(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    series: list[str] = []
+    checks: list[str] = []
+    for i, (buckets, q, _) in enumerate(MORE_WORKED):
+        # Our very floats: promtool compares exactly.
+        expected = histogram_quantile(q, buckets)
+        series += [
+            f"      - series: 'e{i}_bucket{{le=\"{_le(bound)}\"}}'\n        values: '{count}'"
+            for bound, count in buckets
+        ]
+        checks.append(
+            f"      - expr: 'histogram_quantile({q}, e{i}_bucket)'\n        eval_time: 0m\n"
+            f"        exp_samples:\n          - labels: '{{}}'\n"
+            f"            value: {_yaml_value(expected)}"
+        )
+    path = tmp_path / "edge_test.yml"
+    path.write_text(
+        "rule_files: []\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n"
+        "    input_series:\n"
+        + "\n".join(series)
+        + "\n    promql_expr_test:\n"
+        + "\n".join(checks)
+        + "\n"
+    )
+    result = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_buckets_with_the_same_bound_are_added_together() -> None:
+    # Two targets' buckets side by side: PromQL coalesces equal bounds before the search.
+    doubled = [(0.1, 5), (0.5, 15), (INF, 20)] * 2
+    assert histogram_quantile(0.5, doubled) == pytest.approx(0.3, rel=1e-12)
+    assert histogram_quantile(0.25, doubled) == pytest.approx(0.1, rel=1e-12)
+    # 2 + 8 at 0.1 make 10 of 20: the median is the top of that bucket.
+    assert histogram_quantile(0.5, [(0.1, 2), (0.1, 8), (0.5, 20), (INF, 20)]) == 0.1
+
+
+def test_float_noise_between_buckets_does_not_move_the_quantile() -> None:
+    # Sums of rates leave a bucket a hair above the one below although nothing fell
+    # between them; PromQL (2.46+) snaps such neighbours together, so q = 1 stays in the
+    # lowest bucket instead of jumping to the top of the next one.
+    noisy = 10 + 1e-12
+    assert histogram_quantile(1.0, [(0.1, 10), (0.5, noisy), (INF, noisy)]) == 0.1
+    assert histogram_quantile(1.0, [(0.1, 10), (0.25, 10), (0.5, noisy), (INF, noisy)]) == 0.1
+    assert histogram_quantile(1.0, [(0.1, 1 - 1e-13), (0.5, 1), (INF, 1)]) == 0.1
+    assert histogram_quantile(1.0, [(0.1, 1e12), (0.5, 1e12 + 1), (INF, 1e12 + 1)]) == 0.1
+
+
+def test_a_difference_of_exactly_the_tolerance_is_still_noise() -> None:
+    # (high - low) / high is exactly 1e-12 in floating point for these two.
+    low, high = 1.8189894035440375, 1.8189894035458565
+    assert (high - low) / high == 1e-12
+    assert histogram_quantile(1.0, [(0.1, low), (0.5, high), (INF, high)]) == 0.1
+
+
+def test_a_real_difference_between_buckets_is_kept() -> None:
+    assert histogram_quantile(1.0, [(0.1, 10), (0.5, 10 + 1e-9), (INF, 10 + 1e-9)]) == 0.5
+    assert histogram_quantile(0.5, [(0.1, 5), (0.5, 0), (INF, 10)]) == pytest.approx(0.1)
+
+
+def test_a_failed_parse_says_what_it_was_not() -> None:
+    with pytest.raises(ValueError, match=r"^not a Prometheus text exposition: "):
+        parse('zai_proxy_requests_total{status_code="200" 12\n')
+
+
+def test_parse_keeps_the_values_of_gauges_and_counters() -> None:
+    exposition = parse(EXPOSITION)
+    assert exposition.gauges == {("zai_proxy_concurrent_requests", (("variant", "canary"),)): 2.0}
+    assert exposition.counters[("zai_proxy_request_duration_seconds_sum", SERIES)] == 1.5
+
+
+SERIES = (("method", "POST"), ("status_code", "200"))
+
+SUMMARY = """\
+# TYPE rpc_seconds summary
+rpc_seconds{{quantile="0.5"}} 0.2
+rpc_seconds{{quantile="0.9"}} 0.7
+rpc_seconds_count {count}
+rpc_seconds_sum {total}
+"""
+
+
+def test_a_summarys_quantiles_are_gauges_and_its_count_and_sum_counters() -> None:
+    exposition = parse(SUMMARY.format(count=10, total=3.5))
+    assert exposition.gauges == {
+        ("rpc_seconds", (("quantile", "0.5"),)): 0.2,
+        ("rpc_seconds", (("quantile", "0.9"),)): 0.7,
+    }
+    assert exposition.counters == {("rpc_seconds_count", ()): 10, ("rpc_seconds_sum", ()): 3.5}
+
+
+def test_a_summary_resets_as_a_whole() -> None:
+    grown = increases(
+        parse(SUMMARY.format(count=10, total=3.5)), parse(SUMMARY.format(count=3, total=4.0))
+    )
+    assert grown == {("rpc_seconds_count", ()): 3, ("rpc_seconds_sum", ()): 4.0}
+
+
+def test_a_falling_sum_alone_is_not_a_reset() -> None:
+    # Negative observations make a histogram's _sum fall while its counts still rise.
+    before = parse(histogram({"0.1": 5, "+Inf": 10}, 4.0))
+    after = parse(histogram({"0.1": 6, "+Inf": 12}, 3.0))
+    grown = {key[0] + dict(key[1]).get("le", ""): v for key, v in increases(before, after).items()}
+    assert grown == {"d_bucket0.1": 1, "d_bucket+Inf": 2, "d_count": 2, "d_sum": -1.0}
+
+
+def test_a_reset_of_one_series_leaves_the_others_as_differences() -> None:
+    two_counters = (
+        "# TYPE a_total counter\na_total {a}\n# TYPE b_total counter\nb_total {b}\n"
+        '# TYPE h histogram\nh_bucket{{x="1",le="+Inf"}} {a}\nh_count{{x="1"}} {a}\n'
+        'h_bucket{{x="2",le="+Inf"}} {b}\nh_count{{x="2"}} {b}\n'
+    )
+    grown = increases(parse(two_counters.format(a=10, b=10)), parse(two_counters.format(a=4, b=15)))
+    assert {(name, dict(labels).get("x")): v for (name, labels), v in grown.items()} == {
+        ("a_total", None): 4,
+        ("b_total", None): 5,
+        ("h_bucket", "1"): 4,
+        ("h_count", "1"): 4,
+        ("h_bucket", "2"): 5,
+        ("h_count", "2"): 5,
+    }
+
+
+def test_untyped_samples_with_counter_suffixes_are_counters_the_rest_gauges() -> None:
+    exposition = parse(
+        '# TYPE jobs_total untyped\njobs_total 3\nreq_bucket{le="1"} 4\nreq_count 5\n'
+        "temperature 21.5\nreq_sum 2.5\n"
+    )
+    assert exposition.counters == {
+        ("jobs_total", ()): 3,
+        ("req_bucket", (("le", "1"),)): 4,
+        ("req_count", ()): 5,
+    }
+    assert exposition.gauges == {("temperature", ()): 21.5, ("req_sum", ()): 2.5}
+
+
+def test_a_gauge_is_a_gauge_whatever_its_name_ends_with() -> None:
+    exposition = parse("# TYPE queue_count gauge\nqueue_count 7\n")
+    assert exposition.gauges == {("queue_count", ()): 7}
+    assert exposition.counters == {}
+
+
+def test_a_counter_that_is_not_a_number_is_skipped_not_its_neighbours() -> None:
+    exposition = parse(
+        '# TYPE a_total counter\na_total{x="1"} NaN\na_total{x="2"} +Inf\na_total{x="3"} 4\n'
+    )
+    assert exposition.counters == {("a_total", (("x", "3"),)): 4}
+
+
+def test_label_values_come_most_frequent_first() -> None:
+    exposition = parse(
+        '# TYPE a gauge\na{variant="canary"} 1\n# TYPE b_total counter\n'
+        'b_total{variant="production",x="1"} 1\nb_total{variant="production",x="2"} 1\n'
+        'b_total{variant="production",x="3"} 1\nb_total{variant="canary",x="3"} 1\n'
+        '# TYPE c gauge\nc{variant="test"} 1\n'
+    )
+    assert exposition.label_values("variant") == ["production", "canary", "test"]
+    assert exposition.label_values("x") == ["3", "1", "2"]
+    assert exposition.label_values("absent") == []

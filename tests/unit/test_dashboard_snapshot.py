@@ -115,3 +115,131 @@ def test_a_minute_is_stale_only_when_every_row_is() -> None:
     minute = average([stale, row(5.0, req_rate=1.0, targets_total=2)], 0.0)
     assert not minute.stale and minute.req_rate == 1.0
     assert (minute.targets_up, minute.targets_total) == (0, 2)
+
+
+def test_the_json_is_compact() -> None:
+    text = row(1.0, req_rate=2.0, status_code_rates={"200": 2.0}).to_json()
+    assert " " not in text and "\n" not in text
+
+
+def test_to_dict_hands_out_copies_of_the_maps() -> None:
+    snapshot = row(1.0, status_code_rates={"200": 2.0})
+    snapshot.to_dict()["status_code_rates"]["500"] = 1.0
+    assert snapshot.status_code_rates == {"200": 2.0}
+
+
+def test_old_rows_stay_readable_missing_names_take_defaults_and_unknown_ones_are_ignored() -> None:
+    old = {"ts": 60.0, "variant": "canary", "req_rate": 1, "retired_field": 3}
+    assert Snapshot.from_dict(old) == Snapshot(ts=60.0, variant="canary", req_rate=1)
+
+
+def test_maps_are_read_back_with_string_keys_and_float_values() -> None:
+    data = {"ts": 0.0, "variant": "production", "status_code_rates": {200: 1}, "retry_rates": None}
+    snapshot = Snapshot.from_dict(data)
+    assert snapshot.status_code_rates == {"200": 1.0}
+    assert isinstance(snapshot.status_code_rates["200"], float)
+    assert snapshot.retry_rates == {}
+
+
+def test_a_stale_snapshot_has_its_tick_variant_and_targets_and_nothing_else() -> None:
+    assert Snapshot.stale_at(60.0, "canary", 3) == Snapshot(
+        ts=60.0, variant="canary", stale=True, targets_up=0, targets_total=3
+    )
+
+
+def test_a_minute_of_stale_rows_is_one_stale_row_at_the_minute() -> None:
+    stale = Snapshot.stale_at(65.0, "canary", 2)
+    assert average([stale, stale], 60.0) == Snapshot.stale_at(60.0, "canary", 2)
+
+
+def test_an_empty_minute_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^average\(\) needs at least one row$"):
+        average([], 0.0)
+
+
+def test_the_average_of_one_row_is_that_row_at_the_minute() -> None:
+    one = row(
+        65.0,
+        variant="canary",
+        interval_s=1.0,
+        targets_up=2,
+        targets_total=3,
+        req_rate=3.0,
+        error_rate_pct=10.0,
+        latency_p50_ms=12.0,
+        status_code_rates={"200": 3.0},
+        tokens_in=7.0,
+        rejections=1.0,
+        rejections_by_reason={"capacity": 1.0},
+        concurrent=4.0,
+    )
+    assert average([one], 60.0) == Snapshot(
+        ts=60.0,
+        variant="canary",
+        interval_s=1.0,
+        stale=False,
+        targets_up=2,
+        targets_total=3,
+        req_rate=3.0,
+        error_rate_pct=10.0,
+        latency_p50_ms=12.0,
+        status_code_rates={"200": 3.0},
+        tokens_in=7.0,
+        rejections=1.0,
+        rejections_by_reason={"capacity": 1.0},
+        concurrent=4.0,
+    )
+
+
+def test_average_sums_rejections_by_reason() -> None:
+    rows = [
+        row(0.0, rejections_by_reason={"capacity": 1.0, "queue": 2.0}),
+        row(5.0, rejections_by_reason={"capacity": 3.0}),
+    ]
+    assert average(rows, 0.0).rejections_by_reason == {"capacity": 4.0, "queue": 2.0}
+
+
+def test_average_of_a_rate_map_adds_the_same_key_across_rows() -> None:
+    rows = [row(0.0, retry_rates={"429": 1.0}), row(5.0, retry_rates={"429": 3.0})]
+    assert average(rows, 0.0).retry_rates == {"429": 2.0}
+
+
+def test_an_increase_no_row_has_stays_null() -> None:
+    minute = average([row(0.0, tokens_in=None), row(5.0, tokens_in=None)], 0.0)
+    assert minute.tokens_in is None
+
+
+def test_a_short_row_still_weighs_in_by_its_seconds() -> None:
+    rows = [row(0.0, interval_s=1.0, req_rate=10.0), row(1.0, interval_s=4.0, req_rate=0.0)]
+    assert average(rows, 0.0).req_rate == 2.0
+
+
+def test_a_row_without_a_figure_is_skipped_not_the_rows_after_it() -> None:
+    rows = [
+        row(0.0, req_rate=0.0, latency_p50_ms=None),
+        row(5.0, req_rate=2.0, latency_p50_ms=40.0),
+    ]
+    assert average(rows, 0.0).latency_p50_ms == 40.0
+
+
+def test_per_request_figures_weigh_by_requests_not_by_rate() -> None:
+    # 2/s for 10 s is 20 requests, 4/s for 2.5 s is 10: the first row counts double.
+    rows = [
+        row(0.0, interval_s=10.0, req_rate=2.0, error_rate_pct=30.0),
+        row(10.0, interval_s=2.5, req_rate=4.0, error_rate_pct=0.0),
+    ]
+    assert average(rows, 0.0).error_rate_pct == pytest.approx(20.0)
+
+
+def test_a_row_without_a_request_rate_does_not_weigh_per_request_figures() -> None:
+    rows = [
+        row(0.0, req_rate=None, error_rate_pct=100.0),
+        row(5.0, req_rate=1.0, error_rate_pct=0.0),
+    ]
+    assert average(rows, 0.0).error_rate_pct == 0.0
+
+
+def test_rows_that_cover_no_time_give_no_rates() -> None:
+    minute = average([row(0.0, interval_s=0.0, status_code_rates={"200": 1.0})], 0.0)
+    assert minute.status_code_rates == {}
+    assert minute.req_rate is None

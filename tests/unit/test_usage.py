@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from zai_proxy.errors import BadRequest
 from zai_proxy.proxy import (
     ApiStyle,
     SSEUsageTracker,
@@ -14,6 +15,7 @@ from zai_proxy.proxy import (
     pricing_tier,
     usage_from_json,
 )
+from zai_proxy.proxy.body import declared_length
 
 # --------------------------------------------------------------------------------------
 # Usage
@@ -652,3 +654,419 @@ def test_is_streaming_request_large_body_nested_only() -> None:
     assert not is_streaming_request(body)
     body = json.dumps({"messages": [{"role": "user", "content": _PAD}], "stream": True}).encode()
     assert is_streaming_request(body)
+
+
+# --------------------------------------------------------------------------------------
+# More of the usage rules and the stream tracker's edges
+
+
+def test_by_direction_names_the_four_directions() -> None:
+    usage = Usage(input=1, output=2, cache_read=3, cache_write=4)
+    assert usage.by_direction() == {"input": 1, "output": 2, "cache_read": 3, "cache_write": 4}
+
+
+def test_an_estimate_merged_with_a_tiktoken_count_stays_an_estimate() -> None:
+    a = Usage(input=1, source="tiktoken")
+    b = Usage(output=1, source="estimate")
+    assert a.merge(b).source == "estimate"
+    assert b.merge(a).source == "estimate"
+
+
+def test_an_answer_reporting_zero_tokens_is_a_usage_of_zeros() -> None:
+    body = b'{"usage":{"input_tokens":0,"output_tokens":0}}'
+    assert usage_from_json(body, "anthropic") == Usage()
+
+
+def test_a_missing_output_count_is_zero_not_one() -> None:
+    assert usage_from_json(b'{"usage":{"input_tokens":5}}', "anthropic") == Usage(input=5)
+
+
+def anthropic_event(name: str | None, data: object) -> bytes:
+    head = b"" if name is None else f"event: {name}\n".encode()
+    text = data if isinstance(data, str) else json.dumps(data)
+    return head + f"data: {text}\n\n".encode()
+
+
+def fed(style: ApiStyle, *chunks: bytes, **options: int) -> SSEUsageTracker:
+    tracker = SSEUsageTracker(style, **options)
+    for chunk in chunks:
+        tracker.feed(chunk)
+    return tracker
+
+
+def test_a_new_tracker_has_seen_nothing() -> None:
+    tracker = SSEUsageTracker("anthropic")
+    assert (tracker.usage, tracker.input_known, tracker.error) == (None, None, None)
+    assert (tracker.complete, tracker.text_truncated) == (False, False)
+    assert (tracker.events, tracker.malformed, tracker.dropped_lines) == (0, 0, 0)
+    assert (tracker.text, tracker.buffered_bytes) == ("", 0)
+
+
+def test_blank_lines_between_events_are_not_events() -> None:
+    tracker = fed("anthropic", b"\n\n", _anthropic_stream(), b"\n\n\n")
+    assert tracker.events == 8
+
+
+def test_an_event_line_alone_is_an_event() -> None:
+    tracker = fed("anthropic", b"event: message_stop\n\n")
+    assert (tracker.events, tracker.complete) == (1, True)
+
+
+def test_an_event_with_a_name_but_no_data_is_not_malformed() -> None:
+    tracker = fed("anthropic", b"event: message_delta\n\n")
+    assert (tracker.events, tracker.malformed) == (1, 0)
+
+
+def test_event_less_anthropic_data_without_usage_is_not_parsed() -> None:
+    # Neither the first event nor one after a named event: no keyword, no parse.
+    tracker = fed(
+        "anthropic",
+        b"data: hello\n\n",
+        anthropic_event("ping", {"type": "ping"}),
+        b"data: {broken\n\n",
+    )
+    assert (tracker.events, tracker.malformed) == (3, 0)
+
+
+def test_unwanted_anthropic_events_are_neither_parsed_nor_buffered() -> None:
+    tracker = fed("anthropic", b"event: content_block_delta\ndata: {broken\n\n")
+    assert tracker.malformed == 0
+    tracker.feed(b"event: ping\ndata: " + b"x" * 100 + b"\n")
+    assert tracker.buffered_bytes == 0
+
+
+def test_only_event_lines_name_an_event() -> None:
+    tracker = fed("anthropic", b'id: message_stop\ndata: {"type":"ping"}\n\n')
+    assert tracker.complete is False
+
+
+def test_a_bare_colon_is_a_comment() -> None:
+    tracker = fed("anthropic", b":\n", _anthropic_stream())
+    assert (tracker.malformed, tracker.usage) == (0, Usage(input=25, output=15))
+
+
+def test_every_malformed_event_is_counted() -> None:
+    bad = b'event: message_delta\ndata: {"usage":\n\n'
+    assert fed("anthropic", bad, bad).malformed == 2
+    bad_openai = b'data: {"usage": {\n\n'
+    assert fed("openai", bad_openai, bad_openai).malformed == 2
+
+
+def test_a_non_object_event_is_malformed_and_the_rest_of_the_chunk_still_read() -> None:
+    chunk = anthropic_event("message_delta", [1]) + anthropic_event(
+        "message_delta", {"type": "message_delta", "usage": {"output_tokens": 7}}
+    )
+    tracker = fed("anthropic", chunk)
+    assert (tracker.malformed, tracker.usage) == (1, Usage(output=7))
+
+
+def test_data_lines_of_one_event_are_joined_by_newlines() -> None:
+    tracker = fed(
+        "anthropic",
+        b'event: message_delta\ndata: {"type":"message_delta",\n'
+        b'data: "usage":{"output_tokens":3}}\n\n',
+    )
+    assert tracker.usage == Usage(output=3)
+
+
+@pytest.mark.parametrize(
+    ("chunk", "error"),
+    [
+        (anthropic_event("error", {"error": {"type": "overloaded_error"}}), "overloaded_error"),
+        (anthropic_event(None, {"type": "error", "error": {"type": "api_error"}}), "api_error"),
+        (anthropic_event("error", {"type": "error", "error": {"code": "busy"}}), "busy"),
+        (anthropic_event("error", {"type": "error", "error": {"code": 429}}), "error"),
+        (anthropic_event("error", {"type": "error", "error": {"type": ""}}), "error"),
+        (anthropic_event("error", {"type": "error"}), "error"),
+        (anthropic_event("error", {"message": "no error key"}), None),
+        (
+            anthropic_event(
+                "message_delta",
+                {"type": "message_delta", "error": "x", "usage": {"output_tokens": 3}},
+            ),
+            None,
+        ),
+        (anthropic_event(None, {"error": "x", "usage": {"output_tokens": 3}}), None),
+    ],
+)
+def test_anthropic_error_events_name_their_type(chunk: bytes, error: str | None) -> None:
+    assert fed("anthropic", chunk).error == error
+
+
+def block_start(block: dict[str, object]) -> bytes:
+    return anthropic_event(
+        "content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}
+    )
+
+
+def block_delta(delta: dict[str, object], named: bool = True) -> bytes:
+    data = {"type": "content_block_delta", "index": 0, "delta": delta}
+    return anthropic_event("content_block_delta" if named else None, data)
+
+
+def test_captured_text_includes_block_starts_thinking_and_tool_names() -> None:
+    tracker = fed(
+        "anthropic",
+        block_start({"type": "thinking", "thinking": "Hmm."}),
+        block_delta({"type": "thinking_delta", "thinking": " Yes."}),
+        block_start({"type": "text", "text": "A"}),
+        block_start({"type": "tool_use", "id": "t", "name": "calc", "input": {}}),
+        block_delta({"type": "input_json_delta", "partial_json": "{}"}),
+        capture_text=100,
+    )
+    assert tracker.text == "Hmm. Yes.Acalc{}"
+
+
+def test_event_less_text_deltas_are_captured_too() -> None:
+    tracker = fed("anthropic", block_delta({"text": "Hi"}, named=False), capture_text=100)
+    assert tracker.text == "Hi"
+
+
+def test_without_capture_event_less_text_deltas_are_not_parsed() -> None:
+    tracker = fed(
+        "anthropic",
+        b'data: {"type":"content_block_delta" broken\n\n',
+        block_delta({"type": "text_delta", "text": "usage"}, named=False),
+        anthropic_event(
+            None,
+            {"type": "content_block_start", "content_block": {"type": "text", "text": "usage"}},
+        ),
+    )
+    assert (tracker.malformed, tracker.text, tracker.text_truncated) == (0, "", False)
+
+
+def test_a_capture_of_one_character_keeps_one_character() -> None:
+    anthropic = fed("anthropic", _anthropic_stream(), capture_text=1)
+    assert (anthropic.text, anthropic.text_truncated) == ("H", True)
+    event_less = fed("anthropic", block_delta({"text": "Hi"}, named=False), capture_text=1)
+    assert event_less.text == "H"
+    started = fed("anthropic", block_start({"type": "text", "text": "Hi"}), capture_text=1)
+    assert started.text == "H"
+    openai = fed("openai", _openai_stream(), capture_text=1)
+    assert (openai.text, openai.text_truncated) == ("H", True)
+
+
+def test_text_that_fits_the_capture_exactly_is_not_truncated() -> None:
+    tracker = fed("anthropic", _anthropic_stream(), capture_text=3)
+    assert (tracker.text, tracker.text_truncated) == ("Hi!", False)
+
+
+def test_the_capture_cap_counts_every_piece_captured() -> None:
+    tracker = fed(
+        "anthropic",
+        block_delta({"text": "Hi"}),
+        block_delta({"text": "!"}),
+        block_delta({"text": "?"}),
+        capture_text=3,
+    )
+    assert (tracker.text, tracker.text_truncated) == ("Hi!", True)
+
+
+def test_non_text_values_are_not_captured() -> None:
+    tracker = fed("anthropic", block_delta({"text": 5}), block_delta({"text": ""}), capture_text=9)
+    assert (tracker.text, tracker.malformed, tracker.text_truncated) == ("", 0, False)
+
+
+def test_openai_capture_takes_reasoning_content_and_tool_calls_and_skips_odd_choices() -> None:
+    chunk = {
+        "choices": [
+            7,
+            {"delta": 5},
+            {
+                "delta": {
+                    "reasoning_content": "Think.",
+                    "content": "Say.",
+                    "tool_calls": [{"function": {"name": "calc", "arguments": "{}"}}],
+                }
+            },
+        ]
+    }
+    tracker = fed("openai", f"data: {json.dumps(chunk)}\n\n".encode(), capture_text=100)
+    assert tracker.text == "Think.Say.calc{}"
+
+
+def test_without_capture_openai_chunks_without_usage_are_not_parsed() -> None:
+    usage_and_text = (
+        b'data: {"choices":[{"delta":{"content":"x"}}],'
+        b'"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n'
+    )
+    tracker = fed("openai", b"data: {broken\n\n", _openai_stream(), usage_and_text)
+    assert (tracker.malformed, tracker.text, tracker.text_truncated) == (0, "", False)
+
+
+MAX = 16
+
+
+def data_line(size: int) -> bytes:
+    """A `data:` line of exactly `size` bytes, newline excluded."""
+    return b"data: " + b"x" * (size - 6) + b"\n"
+
+
+def test_a_line_of_exactly_max_line_bytes_is_kept_in_one_chunk() -> None:
+    assert fed("openai", data_line(MAX), max_line=MAX).dropped_lines == 0
+    assert fed("openai", data_line(MAX + 1), max_line=MAX).dropped_lines == 1
+
+
+def test_a_line_of_exactly_max_line_bytes_is_kept_across_chunks() -> None:
+    for size, dropped in ((MAX, 0), (MAX + 1, 1)):
+        line = data_line(size)
+        # after an earlier line in the same chunk, then completed by the next chunk
+        tracker = fed("openai", b": hi\n" + line[:-3], line[-3:], max_line=MAX)
+        assert tracker.dropped_lines == dropped, size
+        # a partial line whose own chunk already passes the limit
+        tracker = fed("openai", b": hi\n" + line[:-1], b"\n", max_line=MAX)
+        assert tracker.dropped_lines == dropped, size
+
+
+def test_data_of_exactly_max_line_bytes_in_one_event_is_kept() -> None:
+    # Each data line counts its value plus one (the newline joining it to the next).
+    tracker = fed("openai", b"data: 1234567\ndata: 1234567\n", max_line=MAX)
+    assert (tracker.dropped_lines, tracker.buffered_bytes) == (0, MAX)
+    tracker = fed("openai", b"data: 1234567\ndata: 12345678\n", max_line=MAX)
+    assert (tracker.dropped_lines, tracker.buffered_bytes) == (1, 0)
+
+
+def test_an_event_whose_data_overflowed_is_dropped_whole() -> None:
+    usage = b'data: {"usage":{"prompt_tokens":1,"completion_tokens":2}}\n'
+    tracker = fed("openai", b"data: " + b"x" * 40 + b"\n" + usage + b"\n", max_line=64)
+    assert (tracker.dropped_lines, tracker.usage) == (1, None)
+    tracker = fed("openai", b"data: " + b"x" * 100 + b"\n" + usage + b"\n", max_line=64)
+    assert (tracker.dropped_lines, tracker.usage) == (1, None)
+    tracker = fed("openai", b"data: " + b"x" * 100, b"\n" + usage + b"\n", max_line=64)
+    assert (tracker.dropped_lines, tracker.usage) == (1, None)
+    tracker = fed("openai", b"data: " + b"x" * 50, b"x" * 50, b"\n" + usage + b"\n", max_line=64)
+    assert (tracker.dropped_lines, tracker.usage) == (1, None)
+    tracker = fed("openai", b"data: " + b"x" * 50, b"x" * 50 + b"\n" + usage + b"\n", max_line=64)
+    assert (tracker.dropped_lines, tracker.usage) == (1, None)
+    two = b"data: " + b"x" * 40 + b"\n"
+    tracker = fed("openai", two * 2 + usage + b"\n", max_line=64)
+    assert (tracker.dropped_lines, tracker.usage) == (1, None)
+
+
+def test_every_dropped_line_is_counted() -> None:
+    long = b"data: " + b"x" * 100 + b"\n\n"
+    assert fed("openai", long, long, max_line=64).dropped_lines == 2
+    assert fed("openai", long[:50], long[50:], long[:50], long[50:], max_line=64).dropped_lines == 2
+    assert (
+        fed(
+            "openai", b"x" * 40, b"x" * 40 + b"\n", b"x" * 40, b"x" * 40 + b"\n", max_line=64
+        ).dropped_lines
+        == 2
+    )
+    x40 = b"x" * 40
+    assert fed("openai", x40, x40, b"\n", x40, x40, b"\n", max_line=64).dropped_lines == 2
+    many = b"data: " + x40 + b"\n"
+    assert fed("openai", many * 2 + b"\n" + many * 2 + b"\n", max_line=64).dropped_lines == 2
+
+
+# --------------------------------------------------------------------------------------
+# More request fields: the exact small-body rules and the large-body walk
+
+
+def _compact(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_BEYOND_HEAD = "x" * 70_000  # one member that pushes what follows past the 64 KiB head
+
+
+def test_with_duplicate_keys_the_last_wins_like_json_loads() -> None:
+    assert extract_model(b'{"model":"a","model":"b"}') == "b"
+    # A body of exactly 64 KiB is still walked to its end.
+    template = b'{"model":"a","pad":"%s","model":"b"}'
+    body = template % (b"x" * (64 * 1024 - len(template) + 2))
+    assert len(body) == 64 * 1024
+    assert extract_model(body) == json.loads(body)["model"] == "b"
+
+
+@pytest.mark.parametrize("trailing", [b"x", b"X", b"\x0c", b"}"])
+def test_a_body_with_more_than_whitespace_after_it_has_no_model(trailing: bytes) -> None:
+    assert extract_model(b'{"model":"m"}' + trailing) is None
+
+
+def test_json_whitespace_after_the_body_is_fine() -> None:
+    assert extract_model(b'{"model":"m"} \r\n\t') == "m"
+
+
+def test_a_small_malformed_body_has_no_model_even_if_one_follows() -> None:
+    assert extract_model(b'{"a": oops, "model": "m"}') is None
+
+
+def test_bytes_that_are_not_utf8_elsewhere_do_not_hide_the_model() -> None:
+    assert extract_model(b'{"model":"m","x":"\xff"}') == "m"
+
+
+def test_a_key_that_only_ends_in_an_escaped_quote_and_the_name_is_not_that_name() -> None:
+    # `"note \"stream": true` is a member named `note "stream`; past the head, where the
+    # body is searched for `"stream":`, the backslash before the quote tells them apart.
+    pad = f'{{"pad":"{_BEYOND_HEAD}",'.encode()
+    escaped = pad + b'"note \\"stream": true}'
+    assert list(json.loads(escaped)) == ["pad", 'note "stream']
+    assert not is_streaming_request(escaped)
+    both = pad + b'"note \\"stream": true,"stream":true}'
+    assert is_streaming_request(both)
+
+
+def test_a_body_with_many_nested_candidates_falls_back_to_a_full_parse() -> None:
+    # Forty nested "model" keys, each walked 64 KiB before it shows it is nested: past
+    # a budget of four times the body the rest is left to json.loads.
+    body = _compact(
+        {
+            "pad": _BEYOND_HEAD,
+            "messages": [{"model": "nested"} for _ in range(40)],
+            "system": _BEYOND_HEAD * 3,
+            "model": "m",
+            "stream": True,
+        }
+    )
+    assert extract_model(body) == "m"
+    assert is_streaming_request(body)
+    only_nested = _compact(
+        {
+            "pad": _BEYOND_HEAD,
+            "messages": [{"model": "n"} for _ in range(40)],
+            "s": _BEYOND_HEAD * 3,
+        }
+    )
+    assert extract_model(only_nested) is None
+
+
+def test_a_walk_window_that_cuts_a_character_in_two_still_finds_the_model() -> None:
+    body = _compact({"pad": _BEYOND_HEAD, "model": "m", "messages": [{"content": "数" * 40_000}]})
+    start = body.index(b'"model"')
+    with pytest.raises(UnicodeDecodeError):  # the first 64 KiB window ends mid-character
+        body[start : start + 64 * 1024].decode()
+    assert extract_model(body) == "m"
+
+
+def test_a_top_level_model_followed_by_over_a_mebibyte_is_found() -> None:
+    body = _compact({"pad": _BEYOND_HEAD, "model": "m", "a": 1, "rest": "y" * (1100 * 1024)})
+    assert len(body) > 1024 * 1024 + 70_000
+    assert extract_model(body) == "m"
+
+
+@pytest.mark.parametrize("trailing", [b"x", b"X", b"\x0c"])
+def test_a_large_body_with_more_than_whitespace_after_it_has_no_model(trailing: bytes) -> None:
+    assert extract_model(_compact({"pad": _BEYOND_HEAD, "model": "m"}) + trailing) is None
+
+
+def test_whitespace_after_the_body_longer_than_a_walk_window_is_fine() -> None:
+    body = _compact({"pad": _BEYOND_HEAD, "model": "m"}) + b"\n" * 70_000
+    assert extract_model(body) == "m"
+
+
+def test_the_request_field_readers_never_raise() -> None:
+    assert extract_model(None) is None  # type: ignore[arg-type]
+    assert is_streaming_request(None) is False  # type: ignore[arg-type]
+
+
+def test_the_declared_length_is_the_content_length_header_or_none() -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"123")]
+    assert declared_length(headers) == 123
+    assert declared_length([(b"content-type", b"application/json")]) is None
+
+
+def test_a_content_length_that_is_not_a_number_is_a_bad_request() -> None:
+    with pytest.raises(BadRequest) as caught:
+        declared_length([(b"content-length", b"12abc")])
+    assert caught.value.message == "Content-Length is not a number"
