@@ -73,6 +73,12 @@ SCOPE: dict[str, Scope] = {
         ("test_dashboard_store.py",), skip=("AsyncStore.*", "run_maintenance")
     ),
     "dashboard/hub.py": Scope(("test_dashboard_hub.py",)),
+    # Relaying whole SSE events (pure).
+    "proxy/sse.py": Scope(("test_sse.py",)),
+    # Per-target state and per-variant tick bookkeeping (pure; time passed in).
+    "dashboard/collector.py": Scope(
+        ("test_dashboard_collector.py", "test_dashboard_discovery.py")
+    ),
     # The counter maths that was collector.py's: reading two scrapes, summing readings.
     "dashboard/readings.py": Scope(("test_dashboard_collector.py", "test_dashboard_hardening.py")),
 }

@@ -26,7 +26,7 @@ PARTIAL_EVENT_LIMIT: Final = 1 << 20
 _BLANK_LINE: Final = re.compile(rb"(?>\r\n|\n|\r)(?>\r\n|\n|\r)")
 
 
-def _last_boundary_end(data: bytes, start: int = 0) -> int:
+def _last_boundary_end(data: bytes, start: int) -> int:
     """The index just after the last blank line in `data` at or after `start`, or 0."""
     end = 0
     for match in _BLANK_LINE.finditer(data, start):
@@ -71,11 +71,9 @@ class WholeEvents:
             self._pending = b""
             self.mid_event = True
             return lead + data
-        if end and data[end - 1 : end] == b"\r":
-            if data[end : end + 1] == b"\n":
-                end += 1  # the LF of that CRLF is already here
-            else:
-                self._after_cr = end == len(data)
+        # A blank line that ends on the last byte received with a CR may be a CRLF cut in
+        # two (within what arrived, the pattern takes a whole CRLF itself).
+        self._after_cr = end == len(data) and data[-1:] == b"\r"
         self._pending = data[end:]
         return lead + data[:end]
 
