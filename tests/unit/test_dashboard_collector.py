@@ -402,6 +402,234 @@ def test_a_tick_a_target_never_reports_is_closed_by_the_next_one() -> None:
     assert closed.req_rate == pytest.approx(10.0)
 
 
+def test_a_failed_scrape_still_closes_the_tick_before_it() -> None:
+    a, b = "http://proxy-a/metrics", "http://proxy-b/metrics"
+    collector = Collector([a, b], interval=5.0, epoch_ts=0.0)
+    collector.observe(a, 0, at=0.0, text=str(Text().requests("200", 0)))
+    collector.observe(b, 0, at=0.0, text=str(Text().requests("200", 0)))
+    collector.observe(a, 1, at=5.0, text=str(Text().requests("200", 50)))
+    (closed,) = collector.observe(a, 2, at=10.0, error="timeout")
+    assert (closed.ts, closed.targets_up, closed.targets_total) == (5.0, 1, 2)
+    assert closed.req_rate == pytest.approx(10.0)
+
+
+def test_the_first_tick_a_target_never_reports_is_closed_by_the_next_one() -> None:
+    a, b = "http://proxy-a/metrics", "http://proxy-b/metrics"
+    collector = Collector([a, b], interval=5.0, epoch_ts=0.0)
+    assert collector.observe(a, 0, at=0.0, error="refused") == []
+    assert collector.observe(a, 1, at=5.0, error="refused") == [
+        Snapshot(ts=0.0, variant="production", stale=True, targets_up=0, targets_total=2)
+    ]
+
+
+def test_a_stale_snapshot_names_its_variant() -> None:
+    collector = Collector([CANARY_URL], interval=5.0, epoch_ts=100.0)
+    assert collector.observe(CANARY_URL, 1, at=5.0, error="refused") == [
+        Snapshot(ts=105.0, variant="canary", stale=True, targets_up=0, targets_total=1)
+    ]
+
+
+def test_a_target_whose_label_names_another_variant_closes_its_urls_variant_tick() -> None:
+    a, b = "http://proxy-a/metrics", "http://proxy-b/metrics"
+    collector = Collector([a, b], interval=5.0, epoch_ts=0.0)
+    assert collector.observe(a, 0, at=0.0, error="refused") == []  # b is still owed
+    # b says canary: production's tick 0 no longer waits for it.
+    out = collector.observe(b, 0, at=0.0, text=str(Text(variant="canary").requests("200", 0)))
+    assert out == [
+        Snapshot(ts=0.0, variant="production", stale=True, targets_up=0, targets_total=1)
+    ]
+    assert [s.variant for s in collector.status()] == ["production", "canary"]
+
+
+def test_a_target_moving_variants_closes_the_ticks_left_open_in_both() -> None:
+    a, mover = "http://proxy-a/metrics", "http://proxy-b/metrics"
+    c, d = "http://proxy-canary-c/metrics", "http://proxy-canary-d/metrics"
+    collector = Collector([a, mover, c, d], interval=5.0, epoch_ts=0.0)
+    assert collector.observe(a, 0, at=0.0, error="refused") == []
+    assert collector.observe(c, 0, at=0.0, error="refused") == []
+    # The mover's first answer is for tick 1 and says canary: tick 0 is over in production
+    # (which it leaves) and in canary (which it joins), where d never answered either.
+    text = str(Text(variant="canary").requests("200", 0))
+    assert collector.observe(mover, 1, at=5.0, text=text) == [
+        Snapshot(ts=0.0, variant="production", stale=True, targets_up=0, targets_total=2),
+        Snapshot(ts=0.0, variant="canary", stale=True, targets_up=0, targets_total=2),
+    ]
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_a_collector_needs_a_target() -> None:
+    with pytest.raises(ValueError, match=r"^at least one scrape target$"):
+        Collector([], interval=5.0, epoch_ts=0.0)
+
+
+def test_a_target_not_scraped_yet_is_down_with_no_times() -> None:
+    collector = Collector(["http://scraper:pw@zai-proxy:8080/metrics"], interval=5.0, epoch_ts=0.0)
+    assert [s.to_dict() for s in collector.status()] == [
+        {
+            "url": URL,
+            "source": None,
+            "variant": "production",
+            "up": False,
+            "stale": True,
+            "last_scrape": None,
+            "last_success": None,
+            "last_error": None,
+            "scrapes_ok": 0,
+            "scrapes_failed": 0,
+        }
+    ]
+    assert collector.error_of("http://scraper:pw@zai-proxy:8080/metrics") == "not scraped yet"
+
+
+def test_a_good_scrape_shows_the_target_up_as_of_its_tick() -> None:
+    collector = Collector([URL], interval=5.0, epoch_ts=1000.0)
+    collector.observe(URL, 2, at=10.0, text=str(Text().requests("200", 1)))
+    assert [s.to_dict() for s in collector.status()] == [
+        {
+            "url": URL,
+            "source": None,
+            "variant": "production",
+            "up": True,
+            "stale": False,
+            "last_scrape": 1010.0,
+            "last_success": 1010.0,
+            "last_error": None,
+            "scrapes_ok": 1,
+            "scrapes_failed": 0,
+        }
+    ]
+    assert collector.error_of(URL) is None
+
+
+def test_a_failed_scrape_without_a_reason_is_no_answer_and_keeps_the_last_success() -> None:
+    collector = Collector([URL], interval=5.0, epoch_ts=1000.0)
+    collector.observe(URL, 2, at=10.0, text=str(Text().requests("200", 1)))
+    collector.observe(URL, 3, at=15.0)
+    (status,) = collector.status()
+    assert status.to_dict() == {
+        "url": URL,
+        "source": None,
+        "variant": "production",
+        "up": False,
+        "stale": True,
+        "last_scrape": 1015.0,
+        "last_success": 1010.0,
+        "last_error": "no answer",
+        "scrapes_ok": 1,
+        "scrapes_failed": 1,
+    }
+    assert collector.error_of(URL) == "no answer"
+
+
+def test_a_good_scrape_after_a_failed_one_clears_the_error_and_both_are_counted() -> None:
+    collector = Collector([URL], interval=5.0, epoch_ts=1000.0)
+    collector.observe(URL, 0, at=0.0, text=str(Text().requests("200", 1)))
+    collector.observe(URL, 1, at=5.0, error="refused")
+    collector.observe(URL, 2, at=10.0, text=str(Text().requests("200", 2)))
+    (status,) = collector.status()
+    assert (status.up, status.last_error) == (True, None)
+    assert (status.scrapes_ok, status.scrapes_failed) == (2, 1)
+    assert (status.last_scrape, status.last_success) == (1010.0, 1010.0)
+
+
+# --------------------------------------------------------------------------- dns pods
+
+SOURCE = "dns+http://zai-proxy-production-headless:8080/metrics"
+CANARY_SOURCE = "dns+http://zai-proxy-canary-headless:8080/metrics"
+
+
+def pod(address: str) -> str:
+    return f"http://{address}:8080/metrics"
+
+
+def served(requests: float) -> str:
+    return str(Text().requests("200", requests))
+
+
+def test_plain_and_dns_targets_can_be_mixed() -> None:
+    collector = Collector([CANARY_SOURCE, URL], interval=5.0, epoch_ts=0.0)
+    assert collector.targets == [URL]
+    assert collector.dns_targets == [CANARY_SOURCE]
+    assert collector.variants() == ["canary", "production"]
+
+
+def test_a_pod_that_joins_while_a_tick_is_open_does_not_hold_it_back() -> None:
+    a, b, c = pod("10.0.0.1"), pod("10.0.0.2"), pod("10.0.0.3")
+    collector = Collector([SOURCE], interval=5.0, epoch_ts=1000.0)
+    collector.resolved(SOURCE, ["10.0.0.1", "10.0.0.2"], ts=1000.0)
+    collector.observe(a, 0, at=0.0, text=served(0))
+    collector.observe(b, 0, at=0.0, text=served(0))
+    collector.observe(a, 1, at=5.0, text=served(50))
+    change = collector.resolved(SOURCE, ["10.0.0.1", "10.0.0.2", "10.0.0.3"], ts=1005.0)
+    assert (change.added, change.removed, change.snapshots) == ((c,), (), [])
+    (tick_1,) = collector.observe(b, 1, at=5.0, text=served(25))
+    assert (tick_1.ts, tick_1.targets_up, tick_1.targets_total) == (1005.0, 2, 3)
+    assert tick_1.req_rate == pytest.approx(15.0)
+
+
+def test_the_first_pods_wait_for_each_others_first_scrape() -> None:
+    a, b = pod("10.0.0.1"), pod("10.0.0.2")
+    collector = Collector([SOURCE], interval=5.0, epoch_ts=1000.0)
+    collector.resolved(SOURCE, ["10.0.0.1", "10.0.0.2"], ts=1000.0)
+    assert collector.observe(a, 0, at=0.0, error="refused") == []
+    assert collector.observe(b, 0, at=0.0, error="refused") == [
+        Snapshot(ts=1000.0, variant="production", stale=True, targets_up=0, targets_total=2)
+    ]
+
+
+def test_pods_that_go_away_before_any_scrape_make_no_snapshot() -> None:
+    collector = Collector([SOURCE], interval=5.0, epoch_ts=1000.0)
+    collector.resolved(SOURCE, ["10.0.0.1", "10.0.0.2"], ts=1000.0)
+    change = collector.resolved(SOURCE, ["10.0.0.1"], ts=1005.0)
+    assert (change.added, change.removed, change.snapshots) == ((), (pod("10.0.0.2"),), [])
+
+
+def test_pods_leaving_together_keep_the_snapshot_the_first_one_completed() -> None:
+    a, b, c = pod("10.0.0.1"), pod("10.0.0.2"), pod("10.0.0.3")
+    collector = Collector([SOURCE], interval=5.0, epoch_ts=1000.0)
+    collector.resolved(SOURCE, ["10.0.0.1", "10.0.0.2", "10.0.0.3"], ts=1000.0)
+    for url in (a, b, c):
+        collector.observe(url, 0, at=0.0, text=served(0))
+    collector.observe(a, 1, at=5.0, text=served(50))
+    collector.observe(c, 1, at=5.0, text=served(25))
+    # b leaving completes tick 1; c leaving after it completes nothing more.
+    change = collector.resolved(SOURCE, ["10.0.0.1"], ts=1005.0)
+    assert change.removed == (b, c)
+    (tick_1,) = change.snapshots
+    assert (tick_1.ts, tick_1.targets_up, tick_1.targets_total) == (1005.0, 2, 2)
+    assert tick_1.req_rate == pytest.approx(15.0)
+
+
+def test_a_pod_without_a_variant_label_counts_in_its_dns_targets_variant() -> None:
+    a = pod("10.0.0.1")  # a URL that alone would say production
+    collector = Collector([CANARY_SOURCE], interval=5.0, epoch_ts=1000.0)
+    collector.resolved(CANARY_SOURCE, ["10.0.0.1"], ts=1000.0)
+    collector.observe(a, 0, at=0.0, text=str(Text(variant=None).requests("200", 0)))
+    (snapshot,) = collector.observe(a, 1, at=5.0, text=str(Text(variant=None).requests("200", 5)))
+    assert snapshot.variant == "canary"
+    assert [s.variant for s in collector.status()] == ["canary"]
+
+
+def test_a_resolution_after_a_failed_one_clears_its_error_and_counts() -> None:
+    collector = Collector([SOURCE], interval=5.0, epoch_ts=1000.0)
+    collector.resolved(SOURCE, ["10.0.0.1"], ts=1000.0)
+    collector.resolution_failed(SOURCE, "gaierror: no such name", ts=1030.0)
+    collector.resolved(SOURCE, ["10.0.0.1"], ts=1060.0)
+    assert [s.to_dict() for s in collector.dns_status()] == [
+        {
+            "target": SOURCE,
+            "variant": "production",
+            "pods": [pod("10.0.0.1")],
+            "last_resolution": 1060.0,
+            "last_error": None,
+            "resolutions_ok": 2,
+            "resolutions_failed": 1,
+        }
+    ]
+
+
 # --------------------------------------------------------------------------- the schedule
 
 

@@ -98,3 +98,90 @@ def test_the_lf_of_a_crlf_split_after_its_cr_goes_out_at_once() -> None:
     assert events.take(b"data: 1\r\n\r") == b"data: 1\r\n\r"
     assert events.take(b"\n") == b"\n"
     assert events.take(b"data: 2\r\n\r\n") == b"data: 2\r\n\r\n"
+
+
+def test_a_fresh_relay_is_not_inside_an_event() -> None:
+    events = WholeEvents()
+    assert events.mid_event is False
+    assert events.take(b"data: 1") == b""
+    assert events.abandon() == b""
+
+
+def test_a_line_end_at_the_start_of_a_fresh_stream_is_held_with_its_event() -> None:
+    events = WholeEvents()
+    assert events.take(b"\ndata: 1") == b""
+    assert events.pending == len(b"\ndata: 1")
+
+
+def test_a_blank_line_at_the_start_of_a_fresh_stream_goes_out_at_once() -> None:
+    events = WholeEvents()
+    assert events.take(b"\n\ndata: x") == b"\n\n"
+    assert events.pending == len(b"data: x")
+
+
+def test_the_lf_of_a_split_crlf_goes_out_alone_before_the_next_event() -> None:
+    events = WholeEvents()
+    events.take(b"data: 1\r\n\r")
+    assert events.take(b"\ndata: 2") == b"\n"
+    assert events.pending == len(b"data: 2")
+
+
+def test_the_lf_of_a_split_crlf_goes_out_with_the_event_it_precedes() -> None:
+    events = WholeEvents()
+    events.take(b"data: 1\r\n\r")
+    assert events.take(b"\ndata: 2\n\n") == b"\ndata: 2\n\n"
+
+
+def test_a_cr_inside_an_event_makes_no_lf_after_it_go_out_early() -> None:
+    events = WholeEvents()
+    assert events.take(b"data: 1\r") == b""
+    assert events.take(b"\n") == b""
+    assert events.pending == len(b"data: 1\r\n")
+
+
+def test_a_line_end_after_a_lf_boundary_waits_for_its_event() -> None:
+    events = WholeEvents()
+    assert events.take(b"data: 1\n\n") == b"data: 1\n\n"
+    assert events.take(b"\ndata: 2") == b""
+
+
+def test_after_an_oversized_event_a_leading_lf_waits_with_the_rest() -> None:
+    events = WholeEvents(limit=4)
+    events.take(b"data: 12345\r")
+    assert events.take(b"\nx") == b""
+    assert events.pending == 2
+
+
+def test_an_oversized_event_still_open_still_owes_its_blank_line() -> None:
+    events = WholeEvents(limit=16)
+    events.take(b"data: " + b"x" * 20)
+    assert events.take(b"yy") == b""
+    assert events.mid_event is True
+    assert events.abandon() == b"\n\n"
+
+
+def test_the_end_of_an_oversized_event_clears_the_flag_to_false() -> None:
+    events = WholeEvents(limit=16)
+    events.take(b"data: " + b"x" * 20)
+    events.take(b"\n\n")
+    assert events.mid_event is False
+
+
+def test_a_partial_event_of_exactly_the_limit_is_held() -> None:
+    events = WholeEvents(limit=8)
+    assert events.take(b"data: 12") == b""
+    assert events.pending == 8 and events.mid_event is False
+
+
+def test_a_partial_event_one_byte_over_the_limit_is_passed_on() -> None:
+    events = WholeEvents(limit=8)
+    assert events.take(b"data: 123") == b"data: 123"
+    assert events.pending == 0 and events.mid_event is True
+
+
+def test_nothing_is_held_after_a_clean_end() -> None:
+    events = WholeEvents()
+    events.take(b"data: [DONE]")
+    events.finish()
+    assert events.pending == 0
+    assert events.finish() == b""
