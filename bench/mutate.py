@@ -76,9 +76,7 @@ SCOPE: dict[str, Scope] = {
     # Relaying whole SSE events (pure).
     "proxy/sse.py": Scope(("test_sse.py",)),
     # Per-target state and per-variant tick bookkeeping (pure; time passed in).
-    "dashboard/collector.py": Scope(
-        ("test_dashboard_collector.py", "test_dashboard_discovery.py")
-    ),
+    "dashboard/collector.py": Scope(("test_dashboard_collector.py", "test_dashboard_discovery.py")),
     # The counter maths that was collector.py's: reading two scrapes, summing readings.
     "dashboard/readings.py": Scope(("test_dashboard_collector.py", "test_dashboard_hardening.py")),
 }
