@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 import trio
 
+from tests.redis_server import RedisServer
 from zai_proxy.proxy import RunningProxy, serve_proxy
 from zai_proxy.settings import ProxySettings
 from zai_proxy.sim.upstream import SimUpstream, UpstreamConfig
@@ -105,3 +106,13 @@ def start_proxy(nursery: trio.Nursery, upstream: SimUpstream) -> StartProxy:
 @pytest.fixture
 async def proxy(start_proxy: StartProxy) -> ProxyHandle:
     return await start_proxy()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server of this test's own, on a free port, with no persistence."""
+    server = RedisServer.start(require_tool("redis-server"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -60,3 +60,6 @@ def configure(
     logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # Its retries (a script reloaded after a Redis restart) are routine; failures are ours
+    # to report (shared_limiter.py), once per outage.
+    logging.getLogger("coredis").setLevel(logging.WARNING)

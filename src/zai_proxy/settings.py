@@ -154,16 +154,19 @@ class _Reader:
             high = f" and < {maximum:g}" if exclusive_maximum else f" and <= {maximum:g}"
         return self._get(name, repr(default), parse, f"a number {low}{high}")
 
-    def duration(self, name: str, default: str, *, minimum: float = 0.0) -> float:
+    def duration(
+        self, name: str, default: str, *, minimum: float = 0.0, maximum: float | None = None
+    ) -> float:
         def parse(text: str) -> float:
             value = parse_duration(text)
-            if value < minimum:
+            if value < minimum or (maximum is not None and value > maximum):
                 raise ValueError
             return value
 
-        return self._get(
-            name, default, parse, f"a duration like 500ms, 5s or 1m30s, at least {minimum:g}s"
-        )
+        allowed = f"a duration like 500ms, 5s or 1m30s, at least {minimum:g}s"
+        if maximum is not None:
+            allowed += f" and at most {maximum:g}s"
+        return self._get(name, default, parse, allowed)
 
     def boolean(self, name: str, default: bool) -> bool:
         def parse(text: str) -> bool:
@@ -184,6 +187,41 @@ class _Reader:
             return value
 
         return self._get(name, default, parse, "one of " + ", ".join(choices))
+
+    def limiter_backend(self, name: str, default: str) -> str:
+        def parse(text: str) -> str:
+            value = text.strip()
+            if value == "memory":
+                return value
+            parts = urlsplit(value)
+            if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+                raise ValueError
+            if parts.query or parts.fragment:
+                raise ValueError
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+            database = parts.path.strip("/")
+            if database and not (database.isdigit() and int(database) <= 10_000):
+                raise ValueError
+            return value
+
+        return self._get(
+            name,
+            default,
+            parse,
+            "memory, or a redis:// or rediss:// URL (HOST:PORT, optional /DB number)",
+            shown=_redacted_url,
+        )
+
+    def namespace(self, name: str) -> str | None:
+        def parse(text: str) -> str | None:
+            value = text.strip()
+            if value == "":
+                return None
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}", value):
+                raise ValueError
+            return value
+
+        return self._get(name, "", parse, "1-100 letters, digits and _ . : - (or empty)")
 
     def listen_addr(self, name: str, default: str) -> tuple[str, int]:
         return self._get(name, default, parse_listen_addr, "HOST:PORT or :PORT, port 0-65535")
@@ -248,6 +286,11 @@ class ProxySettings:
     rate_limit_probe_interval: int = 10
     rate_limit_window: float = 30.0
     rate_limit_max_wait: float = 30.0
+    rate_limit_backend: str = field(default="memory", repr=False)
+    """`memory`, or a redis:// or rediss:// URL (which may hold a password: never shown)."""
+    rate_limit_backend_password: str | None = field(default=None, repr=False)
+    rate_limit_namespace: str | None = None
+    rate_limit_backend_timeout: float = 0.25
     max_body_bytes: int = 32 * 1024 * 1024
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 300.0
@@ -304,6 +347,12 @@ class ProxySettings:
             rate_limit_probe_interval=read.integer("RATE_LIMIT_PROBE_INTERVAL", 10, minimum=1),
             rate_limit_window=read.duration("RATE_LIMIT_WINDOW", "30s", minimum=0.001),
             rate_limit_max_wait=read.duration("RATE_LIMIT_MAX_WAIT", "30s"),
+            rate_limit_backend=read.limiter_backend("RATE_LIMIT_BACKEND", "memory"),
+            rate_limit_backend_password=read.text("RATE_LIMIT_BACKEND_PASSWORD", "") or None,
+            rate_limit_namespace=read.namespace("RATE_LIMIT_NAMESPACE"),
+            rate_limit_backend_timeout=read.duration(
+                "RATE_LIMIT_BACKEND_TIMEOUT", "250ms", minimum=0.001, maximum=10.0
+            ),
             max_body_bytes=read.integer("MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1),
             upstream_connect_timeout=read.duration(
                 "UPSTREAM_CONNECT_TIMEOUT", "10s", minimum=0.001

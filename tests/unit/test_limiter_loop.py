@@ -40,7 +40,7 @@ async def run_windows(app: ProxyApp, count: int) -> None:
     """Run the loop from now until half a window after its `count`-th tick."""
     with trio.move_on_at(trio.current_time() + (count + 0.5) * WINDOW):
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_limiter, app.limiter, app.metrics)
+            await nursery.start(run_limiter, app.limiter.limiter, app.metrics)
 
 
 def counted(app: ProxyApp, direction: str) -> float | None:
@@ -59,7 +59,7 @@ async def test_run_limiter_judges_every_window_on_schedule_though_adjust_is_slow
         autojump_clock.jump(2.5)  # a quarter of a window spent judging it
         return None
 
-    monkeypatch.setattr(app.limiter, "adjust", slow_adjust)
+    monkeypatch.setattr(app.limiter.limiter, "adjust", slow_adjust)
     start = trio.current_time()
     await run_windows(app, 3)
     assert [t - start for t in calls] == [10.0, 20.0, 30.0]
@@ -70,7 +70,7 @@ async def test_run_limiter_counts_each_adjustment_by_direction(
 ) -> None:
     app = proxy_app()
     decisions = iter([adjustment("increase", "search", 20.0), None])
-    monkeypatch.setattr(app.limiter, "adjust", lambda now: next(decisions))
+    monkeypatch.setattr(app.limiter.limiter, "adjust", lambda now: next(decisions))
     await run_windows(app, 2)
     assert counted(app, "increase") == 1
     assert (counted(app, "decrease"), counted(app, "probe")) == (0, 0)
@@ -84,7 +84,7 @@ async def test_an_adjustment_is_logged_with_its_figures(
     caplog.set_level(logging.INFO, logger="zai_proxy.limiter")
     app = proxy_app()
     monkeypatch.setattr(
-        app.limiter, "adjust", lambda now: adjustment("decrease", "throttled", 8.28756)
+        app.limiter.limiter, "adjust", lambda now: adjustment("decrease", "throttled", 8.28756)
     )
     await run_windows(app, 1)
     [record] = [r for r in caplog.records if r.name == "zai_proxy.limiter"]
@@ -116,7 +116,7 @@ async def test_a_hold_is_logged_at_debug_and_not_counted(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="zai_proxy.limiter")
     app = proxy_app()
-    monkeypatch.setattr(app.limiter, "adjust", lambda now: adjustment("hold", "steady", 10.0))
+    monkeypatch.setattr(app.limiter.limiter, "adjust", lambda now: adjustment("hold", "steady", 10.0))
     await run_windows(app, 1)
     [record] = [r for r in caplog.records if r.name == "zai_proxy.limiter"]
     assert (record.levelno, record.getMessage()) == (logging.DEBUG, "rate limit held")

@@ -12,6 +12,7 @@ from .accounting import (
 from .app import (
     ProxyApp,
     create_app,
+    make_gate,
 )
 from .body import (
     DRAIN_LIMIT,
@@ -42,6 +43,7 @@ from .headers import (
 from .limiter import (
     AdaptiveLimiter,
     Adjustment,
+    Learned,
     LimiterConfig,
     Ticket,
 )
@@ -69,9 +71,18 @@ from .paths import (
     upstream_path,
     upstream_target,
 )
+from .rate_gate import (
+    LocalGate,
+    RateGate,
+)
 from .server import (
     RunningProxy,
     serve_proxy,
+)
+from .shared_limiter import (
+    SharedGate,
+    Timing,
+    default_namespace,
 )
 from .sse import (
     PARTIAL_EVENT_LIMIT,
@@ -144,6 +155,12 @@ __all__ = [
     "Downstream",
     "Exchange",
     "Forwarder",
+    "Learned",
+    "LocalGate",
+    "RateGate",
+    "SharedGate",
+    "Timing",
+    "default_namespace",
     "LimiterConfig",
     "LiveState",
     "ModelLabels",
@@ -164,6 +181,7 @@ __all__ = [
     "count_response_async",
     "count_text_async",
     "create_app",
+    "make_gate",
     "error_answer",
     "error_body",
     "estimate_tokens",

@@ -39,12 +39,14 @@ from .limiter import AdaptiveLimiter
 from .limiter_loop import limiter_config
 from .metrics import LiveState, ModelLabels, ProxyMetrics, method_label
 from .paths import ApiStyle, Target, api_style, route_label, upstream_target
+from .rate_gate import LocalGate, RateGate
+from .shared_limiter import SharedGate, Timing
 from .tokenizer import TokenCounter
 from .upstream import UpstreamTransport
 from .upstream_errors import Phase, upstream_errors
 from .wire import error_answer, error_body, throttled_answer
 
-__all__ = ["ProxyApp", "create_app"]
+__all__ = ["ProxyApp", "create_app", "make_gate"]
 
 log = logging.getLogger("zai_proxy.proxy")
 access_log = logging.getLogger("zai_proxy.access")
@@ -57,6 +59,16 @@ Send = Callable[[Message], Awaitable[None]]
 _OWN_PATHS = frozenset({"/health", "/healthz", "/metrics", "/admin/reset-rate-limit"})
 
 
+def make_gate(settings: ProxySettings, metrics: ProxyMetrics) -> RateGate:
+    """The limiter RATE_LIMIT_BACKEND names: this process's own, or one shared on Redis."""
+    config = limiter_config(settings)
+    if settings.rate_limit_backend == "memory":
+        return LocalGate(AdaptiveLimiter(config, now=_now_or_zero()), metrics)
+    # A judge that dies hands over within a window (and within 3 s of long ones).
+    timing = Timing(lease=max(0.5, min(3.0, config.window)))
+    return SharedGate(settings, config, metrics, timing=timing, now=_now_or_zero())
+
+
 class ProxyApp:
     """ASGI callable: own endpoints to Quart, everything else forwarded upstream."""
 
@@ -64,7 +76,6 @@ class ProxyApp:
         self.settings = settings
         self.target = Target.parse(settings.target_url)
         self._origin = httpx.URL(self.target.origin)
-        self.limiter = AdaptiveLimiter(limiter_config(settings), now=_now_or_zero())
         self.in_flight = 0
         # Requests not yet fully done, token accounting included (in_flight ends sooner).
         self.active = 0
@@ -75,6 +86,7 @@ class ProxyApp:
             commit=settings.build_commit,
             build_time=settings.build_time,
         )
+        self.limiter = make_gate(settings, self.metrics)
         self.models = ModelLabels(settings.tokenizer_model)
         self.counter = TokenCounter() if settings.token_counting_enabled else None
         self.accountant = Accountant(
@@ -110,7 +122,7 @@ class ProxyApp:
             client=self.client,
             transport=transport,
             api_key=s.api_key,
-            limiter=self.limiter,
+            gate=self.limiter,
             metrics=self.metrics,
             max_retries=s.max_retries,
             backoff_base=s.retry_backoff_base,
@@ -124,12 +136,7 @@ class ProxyApp:
                 await self.client.aclose()
 
     def _live_state(self) -> LiveState:
-        return LiveState(
-            concurrent=self.in_flight,
-            max_workers=self.settings.max_workers,
-            rate_limit_rps=self.limiter.rate,
-            rate_limit_ceiling=self.limiter.ceiling,
-        )
+        return self.limiter.live(self.in_flight, self.settings.max_workers)
 
     # -- own endpoints --------------------------------------------------------------------
 
@@ -162,6 +169,7 @@ class ProxyApp:
                 "in_flight": self.in_flight,
                 "max_workers": self.settings.max_workers,
                 "rate_limit_rps": round(self.limiter.rate, 3),
+                **self.limiter.describe(),
             }
 
         @app.route("/metrics")
@@ -181,8 +189,7 @@ class ProxyApp:
                     error = Unauthorized("admin endpoints need Authorization: Bearer <ADMIN_TOKEN>")
                     body = error_body(error, "anthropic")
                     return Response(body, status=401, content_type="application/json")
-            old = self.limiter.rate
-            self.limiter.reset(trio.current_time())
+            old = await self.limiter.reset()
             log.info(
                 "rate limiter reset",
                 extra={"old_rate": round(old, 3), "new_rate": self.limiter.rate},
@@ -342,9 +349,7 @@ class ProxyApp:
     async def _send_throttled(
         self, downstream: Downstream, error: UpstreamThrottled, request_id: str, outcome: Outcome
     ) -> None:
-        fallback = max(
-            self.limiter.retry_after(trio.current_time()), self.settings.retry_backoff_base
-        )
+        fallback = max(self.limiter.retry_after(), self.settings.retry_backoff_base)
         headers, body = throttled_answer(error, request_id, fallback)
         outcome.status = 429
         outcome.response_bytes = len(body)

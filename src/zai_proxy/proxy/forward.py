@@ -19,7 +19,6 @@ import trio
 from ..errors import (
     ClientStalled,
     EmptyStream,
-    RateLimited,
     RetryableError,
     StreamBroken,
     TruncatedResponse,
@@ -28,9 +27,8 @@ from ..errors import (
 )
 from .exchange import Downstream, Exchange, Outcome
 from .headers import header_value, parse_retry_after, request_headers, response_headers
-from .limiter import AdaptiveLimiter
-from .limiter_loop import report_adjustment
 from .metrics import ProxyMetrics
+from .rate_gate import RateGate
 from .sse import WholeEvents
 from .upstream_errors import HTTPX_ERRORS, Phase, upstream_errors
 from .usage import SSEUsageTracker, usage_from_answer
@@ -65,7 +63,7 @@ class Forwarder:
         client: httpx.AsyncClient,
         transport: httpx.AsyncBaseTransport,
         api_key: str,
-        limiter: AdaptiveLimiter,
+        gate: RateGate,
         metrics: ProxyMetrics,
         max_retries: int,
         backoff_base: float,
@@ -78,7 +76,7 @@ class Forwarder:
         self._transport = transport
         # Held only as the header value; never formatted into text anywhere else.
         self._authorization = b"Bearer " + api_key.encode("latin-1")
-        self._limiter = limiter
+        self._gate = gate
         self._metrics = metrics
         self._max_retries = max_retries
         self._backoff_base = backoff_base
@@ -113,7 +111,7 @@ class Forwarder:
                     },
                 )
                 await trio.sleep(delay)
-            sent_at = await self._admit()
+            sent_at = await self._gate.admit(self._max_wait)
             outcome.attempts = attempt + 1
             try:
                 await self._attempt(exchange, headers, downstream, outcome, sent_at)
@@ -132,29 +130,6 @@ class Forwarder:
         assert last_error is not None
         raise last_error
 
-    async def _admit(self) -> float:
-        """Take a limiter turn for one upstream attempt, waiting at most max_wait.
-
-        Returns the time the turn came: the limiter measures throttled stretches by it."""
-        began = trio.current_time()
-        ticket = self._limiter.reserve(began, self._max_wait)
-        if ticket is None:
-            self._metrics.rejection("rate_limit")
-            raise RateLimited(
-                "zai-proxy rate limit: the shared upstream budget is exhausted; retry later",
-                retry_after=self._limiter.retry_after(began),
-            )
-        try:
-            # The turn follows the rate as it is when we wake, so ask again after sleeping.
-            while (wait := self._limiter.delay(trio.current_time(), ticket)) > 0:  # noqa: ASYNC110
-                await trio.sleep(wait)
-        except trio.Cancelled:
-            self._limiter.cancel(trio.current_time(), ticket)
-            raise
-        sent_at = trio.current_time()
-        self._metrics.rate_limit_wait.labels(self._metrics.variant).observe(sent_at - began)
-        return sent_at
-
     async def _attempt(
         self,
         exchange: Exchange,
@@ -172,11 +147,7 @@ class Forwarder:
         response.request = request
         try:
             status = response.status_code
-            adjustment = self._limiter.record(
-                trio.current_time(), throttled=status == 429, sent_at=sent_at
-            )
-            if adjustment is not None:
-                report_adjustment(self._metrics, adjustment)
+            self._gate.record(status == 429, sent_at)
             if status == 429:
                 body = await _read_capped(response)
                 raise UpstreamThrottled(

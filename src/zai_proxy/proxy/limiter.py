@@ -118,7 +118,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Adjustment", "AdaptiveLimiter", "Direction", "LimiterConfig", "Reason", "Ticket"]
+__all__ = [
+    "Adjustment",
+    "AdaptiveLimiter",
+    "Direction",
+    "Learned",
+    "LimiterConfig",
+    "Reason",
+    "Ticket",
+]
 
 Direction = Literal["increase", "decrease", "probe", "hold"]
 Reason = Literal[
@@ -263,6 +271,21 @@ class Adjustment:
     """Length of the stretch judged."""
 
 
+@dataclass(frozen=True)
+class Learned:
+    """What the limiter has learnt, without its bucket or its current window: what a
+    shared limiter publishes, and what a replica that takes over judging restores."""
+
+    rate: float
+    ceiling: float | None
+    clean_windows: int
+    hold_band_windows: int
+    probing: bool
+    before_probe: float
+    changed_at: float
+    """When the rate last changed: answers to attempts sent before it are ignored."""
+
+
 class _Episode:
     """A run of throttled answers, watched for measure_time from its first 429."""
 
@@ -395,12 +418,17 @@ class AdaptiveLimiter:
             return min(wait, self._config.recheck)
         if ticket.number in self._waiting:
             self._waiting.discard(ticket.number)
-            self._sent += 1
-            self._send_times.append(now)
-            horizon = now - self._config.measure_time - _SEND_HISTORY
-            while self._send_times[0] < horizon:
-                self._send_times.popleft()
+            self._count_send(now)
         return 0.0
+
+    def count_send(self, now: float) -> None:
+        """Count one attempt let through by a bucket other than this one's.
+
+        A shared limiter's judge feeds every replica's sends here (and their answers to
+        record()), so the window statistics are the same as if one bucket had sent them."""
+        now = self._advance(now)
+        self._touch_window(now)
+        self._count_send(now)
 
     def cancel(self, now: float, ticket: Ticket) -> None:
         """Give back a ticket that will not be used (the client went away while waiting).
@@ -554,6 +582,44 @@ class AdaptiveLimiter:
             return self._change(now, "probe", probe, None, fraction, answers, seconds)
         return self._change(now, reason, new, None, fraction, answers, seconds)
 
+    def learned(self) -> Learned:
+        return Learned(
+            rate=self._rate,
+            ceiling=self._ceiling,
+            clean_windows=self._clean_windows,
+            hold_band_windows=self._hold_band_windows,
+            probing=self._probing,
+            before_probe=self._before_probe,
+            changed_at=self._changed_at,
+        )
+
+    def restore(self, now: float, learned: Learned) -> None:
+        """Take over what another limiter learnt (clamped to this config's bounds) and
+        start a new window. Callers already queued keep their places."""
+        now = self._advance(now)
+        self._rate = self._clamp(learned.rate)
+        ceiling = learned.ceiling
+        self._ceiling = None if ceiling is None else max(ceiling, self._config.minimum)
+        self._clean_windows = max(learned.clean_windows, 0)
+        self._hold_band_windows = max(learned.hold_band_windows, 0)
+        self._probing = learned.probing
+        self._before_probe = self._clamp(learned.before_probe)
+        self._changed_at = min(learned.changed_at, now)
+        self._start_window(now)
+
+    def follow(self, now: float, rate: float, ceiling: float | None) -> None:
+        """Set the rate (clamped to [minimum, maximum]) and the ceiling from outside: a
+        replica's local bucket follows its share of the shared rate this way. A rate that
+        changes starts a new window, as any change does; the streaks are kept."""
+        now = self._advance(now)
+        new = self._clamp(rate)
+        self._ceiling = None if ceiling is None else max(ceiling, self._config.minimum)
+        if new != self._rate:
+            self._rate = new
+            self._changed_at = now
+            self._probing = False
+            self._start_window(now)
+
     def reset(self, now: float) -> None:
         """Back to the initial rate: forget the ceiling, the streaks and the window.
 
@@ -585,6 +651,13 @@ class AdaptiveLimiter:
         if missing <= _EPSILON:
             return 0.0
         return missing / self._rate
+
+    def _count_send(self, now: float) -> None:
+        self._sent += 1
+        self._send_times.append(now)
+        horizon = now - self._config.measure_time - _SEND_HISTORY
+        while self._send_times[0] < horizon:
+            self._send_times.popleft()
 
     def _clamp(self, rate: float) -> float:
         return min(self._config.maximum, max(self._config.minimum, rate))

@@ -129,6 +129,14 @@ class LiveState:
     max_workers: int
     rate_limit_rps: float
     rate_limit_ceiling: float | None
+    rate_limit_backend: str = "memory"
+    """"memory" or "redis" (RATE_LIMIT_BACKEND)."""
+    rate_limit_backend_up: bool = True
+    """False while a shared limiter's replica runs on its local fallback bucket."""
+    rate_limit_replicas: int = 1
+    """Proxies live on the shared limiter, as this one last saw them."""
+    rate_limit_judge: bool = True
+    """Whether this replica judges the limiter's windows (holds the lease)."""
 
 
 class _LiveCollector(Collector):
@@ -171,6 +179,24 @@ class _LiveCollector(Collector):
                 "The limiter's estimate of the upstream's limit (absent until a 429 storm).",
                 state.rate_limit_ceiling,
             )
+        up = GaugeMetricFamily(
+            "zai_proxy_rate_limit_backend_up",
+            "1 while the limiter's backend answers (always for memory); 0 while this replica "
+            "runs on its local fallback bucket.",
+            labels=["variant", "backend"],
+        )
+        up.add_metric([v, state.rate_limit_backend], 1.0 if state.rate_limit_backend_up else 0.0)
+        yield up
+        yield gauge(
+            "zai_proxy_rate_limit_replicas",
+            "Proxies live on the shared limiter as this one sees them (1 for memory).",
+            state.rate_limit_replicas,
+        )
+        yield gauge(
+            "zai_proxy_rate_limit_judge",
+            "1 on the replica that judges the limiter's windows.",
+            1.0 if state.rate_limit_judge else 0.0,
+        )
 
 
 class ProxyMetrics:
@@ -267,6 +293,12 @@ class ProxyMetrics:
             "zai_proxy_rate_limit_adjustments",
             "Adaptive limiter decisions, by direction.",
             ["direction", "variant"],
+            registry=r,
+        )
+        self.rate_limit_backend_errors = Counter(
+            "zai_proxy_rate_limit_backend_errors",
+            "Calls to the shared limiter's backend (Redis) that failed or timed out.",
+            ["variant"],
             registry=r,
         )
         self.rate_limit_rejections = Counter(

@@ -12,7 +12,6 @@ from ..serving import Listening, hypercorn_config, serve_asgi
 from ..settings import ProxySettings
 from ..supervisor import supervised
 from .app import ProxyApp
-from .limiter_loop import run_limiter
 
 __all__ = ["RunningProxy", "serve_proxy"]
 
@@ -50,9 +49,7 @@ async def serve_proxy(
     def crashed(name: str) -> None:
         app.metrics.task_restarts.labels(name, app.metrics.variant).inc()
 
-    limiter = supervised(
-        "limiter", partial(run_limiter, app.limiter, app.metrics), on_crash=crashed
-    )
+    limiter = supervised("limiter", app.limiter.run, on_crash=crashed)
     async with trio.open_nursery() as nursery:
         listening: Listening = await nursery.start(
             partial(serve_asgi, app, config, stop, background=[limiter])
