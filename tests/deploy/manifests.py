@@ -68,6 +68,10 @@ def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
 
 
+def pod_labels(deployment: Doc) -> dict[str, str]:
+    return dict(deployment["spec"]["template"]["metadata"]["labels"])
+
+
 def container(deployment: Doc, name: str) -> Doc:
     for item in deployment["spec"]["template"]["spec"]["containers"]:
         if item["name"] == name:
@@ -257,6 +261,11 @@ def validate(doc: Doc) -> None:
 @cache
 def overlay(name: str) -> tuple[Doc, ...]:
     return tuple(kustomize(K8S / "overlays" / name))
+
+
+def both_variants() -> list[Doc]:
+    """What a namespace holds once both overlays are applied (production first)."""
+    return list(overlay("production")) + list(overlay("canary"))
 
 
 def all_builds() -> Iterator[tuple[str, Doc]]:

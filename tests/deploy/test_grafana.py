@@ -145,3 +145,34 @@ def test_every_seed_002_panel_compares_production_and_canary(
         assert fragment.replace(" ", "") in queries, (seed, fragment)
     # Side by side: the panel splits its series by variant.
     assert "variant" in queries, seed
+
+
+# (our title, fragments every one of which its queries hold)
+SHARED_LIMITER = [
+    ("Shared limiter backend by pod", ["zai_proxy_rate_limit_backend_up"]),
+    (
+        "Shared limiter replicas and judge",
+        ["zai_proxy_rate_limit_replicas", "zai_proxy_rate_limit_judge"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("title", "fragments"), SHARED_LIMITER, ids=lambda v: v)
+def test_the_shared_limiter_has_its_panels(title: str, fragments: list[str]) -> None:
+    queries = _queries(_panel(title))
+    for fragment in fragments:
+        assert fragment in queries, (title, fragment)
+
+
+def test_limiter_rate_panels_show_the_highest_pod_not_the_sum_over_pods() -> None:
+    """On the shared limiter every pod reports the one shared rate: a sum would count it
+    once per pod."""
+    gauges = ("zai_proxy_rate_limit_requests_per_second", "zai_proxy_rate_limit_ceiling")
+    found = 0
+    for panel in _panels():
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace(" ", "")
+            if any(gauge in expr for gauge in gauges):
+                assert expr.startswith("maxby(variant)("), (panel["title"], target["expr"])
+                found += 1
+    assert found >= 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -14,8 +15,8 @@ from tests.deploy.manifests import (
     DASHBOARD,
     DEPLOY,
     K8S,
-    Doc,
     all_builds,
+    both_variants,
     container,
     env,
     find,
@@ -23,6 +24,7 @@ from tests.deploy.manifests import (
     load_yaml,
     one,
     overlay,
+    pod_labels,
     seconds,
     selects,
     validate,
@@ -30,10 +32,10 @@ from tests.deploy.manifests import (
 
 VARIANTS = {"production": "zai-proxy", "canary": "zai-proxy-test"}
 SPLIT_SERVICE = "zai-proxy-canary"
-
-
-def _pod_labels(deployment: Doc) -> dict[str, str]:
-    return dict(deployment["spec"]["template"]["metadata"]["labels"])
+HEADLESS = {
+    "production": "zai-proxy-production-headless",
+    "canary": "zai-proxy-canary-headless",
+}
 
 
 def test_every_built_object_is_valid_against_the_kubernetes_schemas() -> None:
@@ -97,7 +99,7 @@ def test_the_proxy_deployment_of_each_variant(variant: str) -> None:
     name = VARIANTS[variant]
     docs = list(overlay(variant))
     deployment = one(docs, "Deployment", name)
-    labels = _pod_labels(deployment)
+    labels = pod_labels(deployment)
     assert labels["app"] == "zai-proxy"
     assert labels["variant"] == variant
     assert labels["traffic"] == "zai-proxy"
@@ -170,7 +172,7 @@ def test_production_scales_with_an_hpa_and_the_canary_has_a_fixed_size() -> None
 
 def test_services_select_their_variant_and_the_split_service_selects_both() -> None:
     pods = {
-        variant: _pod_labels(one(list(overlay(variant)), "Deployment", name))
+        variant: pod_labels(one(list(overlay(variant)), "Deployment", name))
         for variant, name in VARIANTS.items()
     }
     for variant, name in VARIANTS.items():
@@ -184,7 +186,7 @@ def test_services_select_their_variant_and_the_split_service_selects_both() -> N
     assert split["spec"]["selector"] == {"traffic": "zai-proxy"}
     assert all(selects(split["spec"]["selector"], labels) for labels in pods.values())
     dashboard = one(list(overlay("production")), "Deployment", "zai-proxy-dashboard")
-    assert not selects(split["spec"]["selector"], _pod_labels(dashboard))
+    assert not selects(split["spec"]["selector"], pod_labels(dashboard))
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -216,7 +218,7 @@ def test_the_network_policy_admits_only_clients_the_dashboard_and_monitoring() -
     policy = one(docs, "NetworkPolicy", "zai-proxy")["spec"]
     canary = one(list(overlay("canary")), "Deployment", "zai-proxy-test")
     for deployment in (one(docs, "Deployment", "zai-proxy"), canary):
-        assert selects(policy["podSelector"]["matchLabels"], _pod_labels(deployment))
+        assert selects(policy["podSelector"]["matchLabels"], pod_labels(deployment))
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
 
     (rule,) = policy["ingress"]
@@ -229,15 +231,17 @@ def test_the_network_policy_admits_only_clients_the_dashboard_and_monitoring() -
     assert {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
     } in peers
-    dashboard = _pod_labels(one(docs, "Deployment", "zai-proxy-dashboard"))
+    dashboard = pod_labels(one(docs, "Deployment", "zai-proxy-dashboard"))
     assert any(
         set(peer) == {"podSelector"} and selects(peer["podSelector"]["matchLabels"], dashboard)
         for peer in peers
     )
     # No peer admits everyone.
     assert all(peer.get("podSelector") or peer.get("namespaceSelector") for peer in peers)
-    allowed_out = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
-    assert allowed_out == {53, 443}
+    # Anywhere only for DNS and HTTPS; the rule to Redis names its pods
+    # (test_shared_limiter.py).
+    open_out = {p["port"] for rule in policy["egress"] if "to" not in rule for p in rule["ports"]}
+    assert open_out == {53, 443}
 
 
 def test_the_dashboard_keeps_its_history_on_a_volume_claim() -> None:
@@ -258,14 +262,67 @@ def test_the_dashboard_keeps_its_history_on_a_volume_claim() -> None:
         "emptyDir" in v and v["name"] == mount["name"] for v in spec["template"]["spec"]["volumes"]
     )
 
-    targets = variables["SCRAPE_TARGETS"].split(",")
-    assert targets == [f"http://{name}:8080/metrics" for name in VARIANTS.values()]
     assert dashboard["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     assert dashboard["securityContext"]["readOnlyRootFilesystem"] is True
 
     service = one(docs, "Service", "zai-proxy-dashboard")
-    assert selects(service["spec"]["selector"], _pod_labels(deployment))
+    assert selects(service["spec"]["selector"], pod_labels(deployment))
+
+
+def test_each_variant_has_a_headless_service_selecting_only_its_pods() -> None:
+    pods = {d["metadata"]["name"]: pod_labels(d) for d in find(both_variants(), "Deployment")}
+    production = list(overlay("production"))
+    for variant, name in VARIANTS.items():
+        service = one(production, "Service", HEADLESS[variant])
+        assert service["spec"]["clusterIP"] == "None"
+        assert "type" not in service["spec"] or service["spec"]["type"] == "ClusterIP"
+        chosen = {
+            pod for pod, labels in pods.items() if selects(service["spec"]["selector"], labels)
+        }
+        assert chosen == {name}, HEADLESS[variant]
+        (port,) = service["spec"]["ports"]
+        proxy = container(one(both_variants(), "Deployment", name), "proxy")
+        assert port["targetPort"] in {p["name"] for p in proxy["ports"]}
+        # No `app`/`variant` label: no ServiceMonitor scrapes the pods through it again.
+        assert not {"app", "variant"} & set(service["metadata"]["labels"])
+    assert find(list(overlay("canary")), "Service", HEADLESS["canary"]) == []
+
+
+def test_the_dashboard_scrapes_every_pod_through_the_headless_services() -> None:
+    docs = list(overlay("production"))
+    deployment = one(docs, "Deployment", "zai-proxy-dashboard")
+    scrape = env(container(deployment, "dashboard"))["SCRAPE_TARGETS"]["value"]
+    targets = [urlsplit(target) for target in scrape.split(",")]
+    assert [t.hostname for t in targets] == [HEADLESS["production"], HEADLESS["canary"]]
+    proxies = find(both_variants(), "Deployment")
+    for target in targets:
+        assert (target.scheme, target.path) == ("dns+http", "/metrics")
+        # The name resolves to pod addresses, so the URL's port is the pods' own.
+        headless = one(docs, "Service", target.hostname)
+        (port,) = headless["spec"]["ports"]
+        for proxy in proxies:
+            if selects(headless["spec"]["selector"], pod_labels(proxy)):
+                ports = container(proxy, "proxy")["ports"]
+                numbers = {p["name"]: p["containerPort"] for p in ports}
+                assert target.port == numbers[port["targetPort"]], target.geturl()
+
+    # The pods' NetworkPolicy lets the dashboard in on the port it scrapes: with a headless
+    # Service the dashboard connects to each pod's own address, so no Service port
+    # translates it.
+    policy = one(docs, "NetworkPolicy", "zai-proxy")["spec"]
+    dashboard = pod_labels(deployment)
+    (rule,) = policy["ingress"]
+    assert any(
+        selects(peer.get("podSelector", {}).get("matchLabels", {}), dashboard)
+        and "namespaceSelector" not in peer
+        for peer in rule["from"]
+    )
+    for name in VARIANTS.values():
+        proxy = container(one(both_variants(), "Deployment", name), "proxy")
+        numbers = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+        admitted = {numbers.get(p["port"], p["port"]) for p in rule["ports"]}
+        assert {t.port for t in targets} <= admitted, name
 
 
 def test_the_manifests_name_no_namespace() -> None:

@@ -35,6 +35,9 @@ EXPECTED_ALERTS = {
     "ZaiProxyCanarySlowerThanProduction",
     "ZaiProxyCanaryTokenCountingSlow",
     "ZaiProxyCanaryRateLimitAdjustingDown",
+    # the shared rate limiter on Redis
+    "ZaiProxyRateLimitBackendDown",
+    "ZaiProxyRateLimitReplicasDisagree",
 }
 
 
