@@ -1,5 +1,6 @@
 """The dashboard page in a real headless Chromium, against a live sim upstream, two
-proxies (production and canary) and the dashboard service.
+proxies (production and canary) and the dashboard service; and, for the pods and the
+shared limiter, against two pods serving fixed /metrics text behind a dns+ target.
 
 Playwright's sync API cannot run inside trio's loop, so the servers run in a background
 thread under their own `trio.run` and the tests drive the browser from the plain pytest
@@ -14,8 +15,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -23,6 +26,7 @@ import trio
 from playwright import sync_api as playwright_sync
 
 from tests.conftest import UPSTREAM_KEY, proxy_env, require_tool
+from tests.integration.test_dashboard_pods import FakePods, Resolver
 from zai_proxy.dashboard import RunningDashboard, Snapshot, serve_dashboard
 from zai_proxy.proxy import RunningProxy, serve_proxy
 from zai_proxy.settings import DashboardSettings, ProxySettings
@@ -53,8 +57,9 @@ def message(stream: bool) -> dict[str, object]:
     }
 
 
-class Stack:
-    """Upstream, two proxies, traffic and the dashboard, under trio in a thread."""
+class ServerThread:
+    """Servers under their own `trio.run` in a thread: `_setup` starts them in a nursery,
+    `_teardown` begins their stop; `call` runs a coroutine function among them."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -64,10 +69,6 @@ class Stack:
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="e2e-servers", daemon=True)
         self._shutdown: trio.Event | None = None
-        self._nursery: trio.Nursery | None = None
-        self._stop_dashboard: trio.Event | None = None
-        self._dashboard_done: trio.Event | None = None
-        self._settings: DashboardSettings | None = None
 
     @property
     def url(self) -> str:
@@ -98,49 +99,72 @@ class Stack:
         self.token = trio.lowlevel.current_trio_token()
         self._shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            upstream = SimUpstream(
-                UpstreamConfig(
-                    api_key=UPSTREAM_KEY,
-                    latency=0.005,
-                    stream_gap=0.002,
-                    cache_ratio=0.3,
-                    fault_rate=0.15,
-                    fault_mix=(
-                        (Fault.status(500), 1.0),
-                        (Fault.status(529), 1.0),
-                        (Fault.reset(), 1.0),
-                    ),
-                    seed=7,
-                )
-            )
-            await nursery.start(upstream.serve)
-            proxies: list[RunningProxy] = []
-            for variant in ("production", "canary"):
-                env = proxy_env(upstream, DEPLOYMENT_VARIANT=variant, RETRY_MAX="1")
-                settings = ProxySettings.from_env(env)
-                proxies.append(await nursery.start(serve_proxy, settings, trio.Event()))
-            production, canary = proxies
-            self._settings = DashboardSettings(
-                scrape_targets=(
-                    production.origin + "/metrics",
-                    canary.origin + "/metrics?variant=canary",
-                ),
-                scrape_interval=0.25,
-                scrape_timeout=0.2,
-                listen_host="127.0.0.1",
-                listen_port=0,
-                db_path=str(self.tmp / "dashboard.db"),
-            )
-            await self._start_dashboard(0)
-            for proxy in proxies:
-                for stream in (False, True):
-                    nursery.start_soon(self._traffic, proxy.url, stream)
+            await self._setup(nursery)
             self._ready.set()
             await self._shutdown.wait()
-            if self._stop_dashboard is not None:
-                self._stop_dashboard.set()
+            self._teardown()
             nursery.cancel_scope.cancel()
+
+    async def _setup(self, nursery: trio.Nursery) -> None:
+        raise NotImplementedError
+
+    def _teardown(self) -> None:
+        raise NotImplementedError
+
+
+class Stack(ServerThread):
+    """Upstream, two proxies, traffic and the dashboard."""
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self._nursery: trio.Nursery | None = None
+        self._stop_dashboard: trio.Event | None = None
+        self._dashboard_done: trio.Event | None = None
+        self._settings: DashboardSettings | None = None
+
+    async def _setup(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        upstream = SimUpstream(
+            UpstreamConfig(
+                api_key=UPSTREAM_KEY,
+                latency=0.005,
+                stream_gap=0.002,
+                cache_ratio=0.3,
+                fault_rate=0.15,
+                fault_mix=(
+                    (Fault.status(500), 1.0),
+                    (Fault.status(529), 1.0),
+                    (Fault.reset(), 1.0),
+                ),
+                seed=7,
+            )
+        )
+        await nursery.start(upstream.serve)
+        proxies: list[RunningProxy] = []
+        for variant in ("production", "canary"):
+            env = proxy_env(upstream, DEPLOYMENT_VARIANT=variant, RETRY_MAX="1")
+            settings = ProxySettings.from_env(env)
+            proxies.append(await nursery.start(serve_proxy, settings, trio.Event()))
+        production, canary = proxies
+        self._settings = DashboardSettings(
+            scrape_targets=(
+                production.origin + "/metrics",
+                canary.origin + "/metrics?variant=canary",
+            ),
+            scrape_interval=0.25,
+            scrape_timeout=0.2,
+            listen_host="127.0.0.1",
+            listen_port=0,
+            db_path=str(self.tmp / "dashboard.db"),
+        )
+        await self._start_dashboard(0)
+        for proxy in proxies:
+            for stream in (False, True):
+                nursery.start_soon(self._traffic, proxy.url, stream)
+
+    def _teardown(self) -> None:
+        if self._stop_dashboard is not None:
+            self._stop_dashboard.set()
 
     async def _traffic(self, url: str, stream: bool) -> None:
         async with httpx.AsyncClient(timeout=10) as client:
@@ -193,6 +217,41 @@ async def _run_dashboard(
         done.set()
 
 
+class PodsStack(ServerThread):
+    """Two pods of production on a shared limiter (fixed /metrics text, since a real proxy
+    needs a Redis for it) behind a dns+ target, and a dashboard scraping each pod."""
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self.pods = FakePods()
+        self._stop = trio.Event()
+
+    async def _setup(self, nursery: trio.Nursery) -> None:
+        await nursery.start(self.pods.serve)
+        settings = DashboardSettings(
+            scrape_targets=(self.pods.target(),),
+            scrape_interval=0.25,
+            scrape_timeout=0.2,
+            listen_host="127.0.0.1",
+            listen_port=0,
+            db_path=str(self.tmp / "dashboard.db"),
+            dns_refresh_scrapes=1,
+        )
+        resolver = Resolver("127.0.0.1", "127.0.0.2")
+        self.dashboard = await nursery.start(
+            partial(serve_dashboard, settings, self._stop, resolve=resolver)
+        )
+
+    def _teardown(self) -> None:
+        self._stop.set()
+
+    async def redis_down_on(self, address: str, local_rate: float) -> None:
+        """The pod at `address` loses Redis and runs a local bucket of `local_rate`."""
+        pod = self.pods.pods[address]
+        pod.up, pod.rate, pod.replicas, pod.judge = 0, local_rate, 1, 0
+        await trio.lowlevel.checkpoint()
+
+
 @dataclass
 class Page:
     page: Any
@@ -221,10 +280,19 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-@pytest.fixture
-def open_page(browser: Any, stack: Stack) -> Iterator[Callable[[str], Page]]:
-    contexts: list[Any] = []
+@pytest.fixture(scope="module")
+def pods_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodsStack]:
+    if not (STATIC / "vendor" / "uPlot.iife.min.js").is_file():
+        pytest.fail("uPlot is not in src/zai_proxy/static/vendor/: run `make assets` first")
+    stack = PodsStack(tmp_path_factory.mktemp("e2e-pods"))
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.close()
 
+
+def _page_opener(browser: Any, url: str, contexts: list[Any]) -> Callable[[str], Page]:
     def open_(query: str = "") -> Page:
         context = browser.new_context(viewport={"width": 1400, "height": 1100})
         contexts.append(context)
@@ -235,10 +303,24 @@ def open_page(browser: Any, stack: Stack) -> Iterator[Callable[[str], Page]]:
             "console", lambda m: result.console_errors.append(m.text) if m.type == "error" else None
         )
         page.on("pageerror", lambda e: result.page_errors.append(str(e)))
-        page.goto(stack.url + "/" + query)
+        page.goto(url + "/" + query)
         return result
 
-    yield open_
+    return open_
+
+
+@pytest.fixture
+def open_page(browser: Any, stack: Stack) -> Iterator[Callable[[str], Page]]:
+    contexts: list[Any] = []
+    yield _page_opener(browser, stack.url, contexts)
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def open_pods_page(browser: Any, pods_stack: PodsStack) -> Iterator[Callable[[str], Page]]:
+    contexts: list[Any] = []
+    yield _page_opener(browser, pods_stack.url, contexts)
     for context in contexts:
         context.close()
 
@@ -465,3 +547,114 @@ def test_hostile_strings_render_as_text(open_page: Callable[[str], Page], stack:
     assert page.locator("#panel-errors .u-legend").inner_text().count(HOSTILE) == 1
     assert page.locator("img").count() == 0
     assert page.evaluate("() => window.__pwned") is None
+
+
+_POD_ROWS_JS = """(v) => Array.from(document.querySelectorAll('#pods-' + v + ' tr.pod'))
+    .map(r => Object.assign({cells: Array.from(r.cells).map(c => c.textContent)}, r.dataset))"""
+
+
+def pod_rows(page: Any, variant: str) -> dict[str, dict[str, Any]]:
+    """The rows of the variant's pods table by pod URL: data attributes and `cells`."""
+    rows: list[dict[str, Any]] = page.evaluate(_POD_ROWS_JS, variant)
+    return {row["url"]: row for row in rows}
+
+
+def wait_for_pods(page: Any, variant: str, cells: dict[str, list[str]]) -> dict[str, Any]:
+    """Wait until the variant's pods table shows exactly `cells` (by pod URL); its rows.
+
+    A real proxy can miss a 0.2 s scrape deadline on a busy machine, and the table shows
+    that pod down until the next scrape: the test waits for the state it means."""
+    try:
+        page.wait_for_function(
+            f"""([v, want]) => {{
+                const rows = ({_POD_ROWS_JS})(v);
+                return rows.length === Object.keys(want).length && rows.every(
+                    r => JSON.stringify(r.cells) === JSON.stringify(want[r.url]));
+            }}""",
+            arg=[variant, cells],
+        )
+    except playwright_sync.TimeoutError:
+        pass  # the assertion below shows the difference
+    rows = pod_rows(page, variant)
+    assert {url: row["cells"] for url, row in rows.items()} == cells
+    return rows
+
+
+def wait_for_text(page: Any, selector: str, text: str) -> None:
+    try:
+        page.wait_for_function(
+            "([sel, text]) => document.querySelector(sel)?.textContent === text",
+            arg=[selector, text],
+        )
+    except playwright_sync.TimeoutError:
+        pass  # the assertion below shows the difference
+    assert page.locator(selector).inner_text() == text
+
+
+def test_proxies_on_memory_show_a_limiter_per_pod(
+    open_page: Callable[[str], Page], stack: Stack
+) -> None:
+    page = open_page("?variant=both&range=5m").page
+    targets = httpx.get(stack.url + "/api/status").json()["targets"]
+    for variant in ("production", "canary"):
+        [url] = [t["url"] for t in targets if t["variant"] == variant]
+        host = urlsplit(url).netloc
+        # The proxy's limiter runs at RATE_LIMIT_INITIAL=10000 (see proxy_env).
+        rows = wait_for_pods(page, variant, {url: [host, "up", "memory up", "", "10k"]})
+        assert (rows[url]["backend"], rows[url]["backendUp"], rows[url]["judge"]) == (
+            "memory",
+            "true",
+            "false",
+        )
+        wait_for_text(
+            page,
+            f"#limiter-line-{variant}",
+            f"{variant}: per pod (memory), 1 pod · rate 10k req/s, ceiling —",
+        )
+
+
+def test_pods_on_a_shared_limiter_show_it_once_and_flag_a_pod_without_redis(
+    open_pods_page: Callable[[str], Page], pods_stack: PodsStack
+) -> None:
+    p = open_pods_page("?variant=production&range=5m")
+    page = p.page
+    fake = pods_stack.pods
+    first, second = fake.pod_url("127.0.0.1"), fake.pod_url("127.0.0.2")
+    rows = wait_for_pods(
+        page,
+        "production",
+        {
+            first: [f"127.0.0.1:{fake.port}", "up", "redis up", "judge", "7.5"],
+            second: [f"127.0.0.2:{fake.port}", "up", "redis up", "", "7.5"],
+        },
+    )
+    assert [rows[u]["judge"] for u in (first, second)] == ["true", "false"]
+    wait_for_text(
+        page,
+        "#limiter-line-production",
+        "production: shared (redis), 2 replicas · rate 7.5 req/s, ceiling 9",
+    )
+    assert page.locator("#pods-production tr.bad, #limiter-line-production.bad").count() == 0
+
+    pods_stack.call(pods_stack.redis_down_on, "127.0.0.2", 2.0)
+    rows = wait_for_pods(
+        page,
+        "production",
+        {
+            first: [f"127.0.0.1:{fake.port}", "up", "redis up", "judge", "7.5"],
+            second: [f"127.0.0.2:{fake.port}", "up", "redis down (local bucket)", "", "2"],
+        },
+    )
+    assert rows[second]["backendUp"] == "false"
+    assert page.locator("#pods-production tr.bad").count() == 1
+    wait_for_text(
+        page,
+        "#limiter-line-production",
+        "production: shared (redis), 2 replicas; redis down on 1 of 2 pods (local bucket)"
+        " · rate 9.5 req/s, ceiling 18",
+    )
+    assert page.locator("#limiter-line-production.bad").count() == 1
+    assert page.evaluate("() => window.__dash.errors") == {}
+    assert p.page_errors == [] and p.console_errors == []
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#panel-limiter").screenshot(path=str(SCREENSHOTS / "limiter-pods.png"))

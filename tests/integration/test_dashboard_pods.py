@@ -1,10 +1,13 @@
 """A dns+ target end to end: real proxies as pods on 127.0.0.1 and 127.0.0.2 (same port),
 a resolver the test drives, the dashboard's snapshots and /api/status; and `localhost`
-resolved for real."""
+resolved for real.  Pods on a shared limiter are served as fixed exposition text by
+`FakePods`, a real HTTP server on both addresses."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -205,4 +208,190 @@ async def test_localhost_is_resolved_for_real(
     [dns] = body["dns_targets"]  # type: ignore[misc]
     # localhost may also resolve to ::1, where nothing listens: that pod is down.
     assert pod(proxy, "127.0.0.1") in dns["pods"] and dns["last_error"] is None
+    stop.set()
+
+
+# --------------------------------------------------------------- pods on a shared limiter
+
+
+@dataclass
+class FakePod:
+    """The limiter gauges one pod exports; `backend` None is a proxy from before them."""
+
+    backend: str | None = "redis"
+    up: int = 1
+    rate: float = 7.5
+    ceiling: float = 9.0
+    judge: int = 0
+    replicas: int = 2
+    variant: str = "production"
+    requests: int = 0
+
+    def exposition(self) -> str:
+        self.requests += 10  # some traffic, so every snapshot has a request rate
+        v = f'variant="{self.variant}"'
+        lines = [
+            "# TYPE zai_proxy_requests_total counter",
+            f'zai_proxy_requests_total{{method="POST",path="/v1/messages",status_code="200",{v}}}'
+            f" {self.requests}",
+            "# TYPE zai_proxy_rate_limit_requests_per_second gauge",
+            f"zai_proxy_rate_limit_requests_per_second{{{v}}} {self.rate}",
+            "# TYPE zai_proxy_rate_limit_ceiling_requests_per_second gauge",
+            f"zai_proxy_rate_limit_ceiling_requests_per_second{{{v}}} {self.ceiling}",
+        ]
+        if self.backend is not None:
+            lines += [
+                "# TYPE zai_proxy_rate_limit_backend_up gauge",
+                f'zai_proxy_rate_limit_backend_up{{backend="{self.backend}",{v}}} {self.up}',
+                "# TYPE zai_proxy_rate_limit_backend_errors_total counter",
+                f"zai_proxy_rate_limit_backend_errors_total{{{v}}} 0",
+                "# TYPE zai_proxy_rate_limit_replicas gauge",
+                f"zai_proxy_rate_limit_replicas{{{v}}} {self.replicas}",
+                "# TYPE zai_proxy_rate_limit_judge gauge",
+                f"zai_proxy_rate_limit_judge{{{v}}} {self.judge}",
+            ]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class FakePods:
+    """One port on 127.0.0.1 and 127.0.0.2, each address a pod answering its /metrics."""
+
+    pods: dict[str, FakePod] = field(
+        default_factory=lambda: {"127.0.0.1": FakePod(judge=1), "127.0.0.2": FakePod()}
+    )
+    port: int = 0
+
+    def target(self) -> str:
+        return f"dns+http://{NAME}:{self.port}/metrics"
+
+    def pod_url(self, address: str) -> str:
+        return f"http://{address}:{self.port}/metrics"
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        first = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = first[0].socket.getsockname()[1]
+        second = await trio.open_tcp_listeners(self.port, host="127.0.0.2")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, partial(self._handle, "127.0.0.1"), first)
+            nursery.start_soon(trio.serve_listeners, partial(self._handle, "127.0.0.2"), second)
+            task_status.started()
+
+    async def _handle(self, address: str, stream: trio.SocketStream) -> None:
+        async with stream:
+            request = b""
+            with trio.move_on_after(5):
+                while b"\r\n\r\n" not in request:
+                    chunk = await stream.receive_some()
+                    if not chunk:
+                        return
+                    request += chunk
+            body = self.pods[address].exposition().encode()
+            head = (
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            try:
+                await stream.send_all(head.encode() + body)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the scraper gave up
+
+
+async def start_fake_pods(nursery: trio.Nursery, pods: FakePods | None = None) -> FakePods:
+    pods = pods if pods is not None else FakePods()
+    await nursery.start(pods.serve)
+    return pods
+
+
+async def test_pods_sharing_a_limiter_give_its_rate_once_not_once_per_pod(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    pods = await start_fake_pods(nursery)
+    resolver = Resolver("127.0.0.1", "127.0.0.2")
+    running, stop = await start_dashboard(
+        nursery, settings_for(pods.target(), tmp_path), resolve=resolver
+    )
+    snapshot = await snapshots_until(running.url, lambda s: s.targets_up == 2)
+    assert (snapshot.rate_limit_rps, snapshot.rate_limit_ceiling) == (7.5, 9.0)
+    assert snapshot.rate_limit_backend == "redis"
+    assert (snapshot.rate_limit_backend_up, snapshot.rate_limit_replicas) == (2.0, 2.0)
+    assert snapshot.rate_limit_backend_error_rate == 0.0
+    body = await status(running.url)
+    limiters = {t["url"]: t["limiter"] for t in body["targets"]}  # type: ignore[attr-defined]
+    assert limiters == {
+        pods.pod_url("127.0.0.1"): {
+            "backend": "redis",
+            "up": True,
+            "judge": True,
+            "replicas": 2.0,
+            "rate": 7.5,
+            "ceiling": 9.0,
+        },
+        pods.pod_url("127.0.0.2"): {
+            "backend": "redis",
+            "up": True,
+            "judge": False,
+            "replicas": 2.0,
+            "rate": 7.5,
+            "ceiling": 9.0,
+        },
+    }
+    stop.set()
+
+
+async def test_a_pod_whose_redis_is_down_adds_its_local_bucket_to_the_shared_rate(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    pods = await start_fake_pods(nursery)
+    fallback = pods.pods["127.0.0.2"]
+    fallback.up, fallback.rate, fallback.replicas = 0, 2.0, 1
+    resolver = Resolver("127.0.0.1", "127.0.0.2")
+    running, stop = await start_dashboard(
+        nursery, settings_for(pods.target(), tmp_path), resolve=resolver
+    )
+    snapshot = await snapshots_until(running.url, lambda s: s.targets_up == 2)
+    assert (snapshot.rate_limit_rps, snapshot.rate_limit_ceiling) == (9.5, 18.0)
+    assert snapshot.rate_limit_backend == "redis"
+    assert (snapshot.rate_limit_backend_up, snapshot.rate_limit_replicas) == (1.0, 2.0)
+    body = await status(running.url)
+    ups = {t["url"]: t["limiter"]["up"] for t in body["targets"]}  # type: ignore[attr-defined]
+    assert ups == {pods.pod_url("127.0.0.1"): True, pods.pod_url("127.0.0.2"): False}
+    stop.set()
+
+
+async def test_older_proxies_without_the_backend_metrics_are_summed_as_memory(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    old = {"127.0.0.1": FakePod(backend=None, rate=4.0), "127.0.0.2": FakePod(backend=None)}
+    pods = await start_fake_pods(nursery, FakePods(pods=old))
+    resolver = Resolver("127.0.0.1", "127.0.0.2")
+    running, stop = await start_dashboard(
+        nursery, settings_for(pods.target(), tmp_path), resolve=resolver
+    )
+    snapshot = await snapshots_until(running.url, lambda s: s.targets_up == 2)
+    assert (snapshot.rate_limit_rps, snapshot.rate_limit_ceiling) == (11.5, 18.0)
+    assert snapshot.rate_limit_backend == "memory"
+    assert (snapshot.rate_limit_backend_up, snapshot.rate_limit_replicas) == (2.0, None)
+    stop.set()
+
+
+async def test_pods_joining_and_leaving_a_shared_limiter_make_no_step_in_its_rate(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    pods = await start_fake_pods(nursery)
+    resolver = Resolver("127.0.0.1")
+    running, stop = await start_dashboard(
+        nursery, settings_for(pods.target(), tmp_path), resolve=resolver
+    )
+    seen: list[Snapshot] = []
+    await snapshots_until(running.url, lambda s: bool(s.req_rate), seen)
+    resolver.addresses = ["127.0.0.1", "127.0.0.2"]  # a pod appears
+    await snapshots_until(running.url, lambda s: s.targets_up == 2, seen)
+    await snapshots_until(running.url, lambda s: s.targets_up == 2, seen)
+    resolver.addresses = ["127.0.0.2"]  # the judge goes away
+    await snapshots_until(running.url, lambda s: s.targets_total == 1, seen)
+    await snapshots_until(running.url, lambda s: s.targets_total == 1, seen)
+    assert {s.targets_up for s in seen} == {1, 2}
+    assert all(not s.stale and s.req_rate and s.req_rate > 0 for s in seen)
+    assert {(s.rate_limit_rps, s.rate_limit_ceiling) for s in seen} == {(7.5, 9.0)}
     stop.set()

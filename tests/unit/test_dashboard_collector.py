@@ -13,11 +13,13 @@ from prometheus_client import generate_latest
 
 from zai_proxy.dashboard import (
     Collector,
+    LimiterState,
     Reading,
     ScrapeLoop,
     Snapshot,
     build_snapshot,
     infer_variant,
+    limiter_state,
     parse,
     read,
 )
@@ -478,6 +480,7 @@ def test_a_target_not_scraped_yet_is_down_with_no_times() -> None:
             "last_error": None,
             "scrapes_ok": 0,
             "scrapes_failed": 0,
+            "limiter": None,
         }
     ]
     assert collector.error_of("http://scraper:pw@zai-proxy:8080/metrics") == "not scraped yet"
@@ -498,6 +501,14 @@ def test_a_good_scrape_shows_the_target_up_as_of_its_tick() -> None:
             "last_error": None,
             "scrapes_ok": 1,
             "scrapes_failed": 0,
+            "limiter": {
+                "backend": "memory",
+                "up": True,
+                "judge": False,
+                "replicas": None,
+                "rate": None,
+                "ceiling": None,
+            },
         }
     ]
     assert collector.error_of(URL) is None
@@ -519,6 +530,7 @@ def test_a_failed_scrape_without_a_reason_is_no_answer_and_keeps_the_last_succes
         "last_error": "no answer",
         "scrapes_ok": 1,
         "scrapes_failed": 1,
+        "limiter": None,
     }
     assert collector.error_of(URL) == "no answer"
 
@@ -764,6 +776,7 @@ def test_a_snapshot_of_requests_alone_has_zero_tokens_and_adjustments_not_null()
         rate_limit_adj_decrease=0.0,
         rate_limit_adj_probe=0.0,
         rejections=0.0,
+        rate_limit_backend_error_rate=0.0,
     )
 
 
@@ -949,3 +962,243 @@ def test_absurd_sums_are_nulled_and_absurd_map_entries_dropped() -> None:
     assert (snapshot.tokens_in, snapshot.token_rate_in) == (None, None)
     assert snapshot.status_code_rates == {"500": 2.0}
     assert snapshot.req_rate == 2.0
+
+
+# ---------------------------------------------------------------------- the shared limiter
+
+
+def limiter_text(
+    backend: str | None,
+    *,
+    up: float = 1,
+    rate: float | None = None,
+    ceiling: float | None = None,
+    judge: float | None = None,
+    replicas: float | None = None,
+) -> Text:
+    """A pod's limiter gauges; `backend` None is an older proxy without the new metrics."""
+    t = Text()
+    if backend is not None:
+        t.gauge("zai_proxy_rate_limit_backend_up", up, backend=backend)
+        t.counter("zai_proxy_rate_limit_backend_errors", 0)
+    if judge is not None:
+        t.gauge("zai_proxy_rate_limit_judge", judge)
+    if replicas is not None:
+        t.gauge("zai_proxy_rate_limit_replicas", replicas)
+    if rate is not None:
+        t.gauge("zai_proxy_rate_limit_requests_per_second", rate)
+    if ceiling is not None:
+        t.gauge("zai_proxy_rate_limit_ceiling_requests_per_second", ceiling)
+    return t
+
+
+def pods_snapshot(*pods: Text) -> Snapshot:
+    return build_snapshot(
+        ts=0.0,
+        variant="production",
+        readings=[Reading(interval=5.0)],
+        expositions=[parse(str(p)) for p in pods],
+        targets_up=len(pods),
+        targets_total=len(pods),
+    )
+
+
+def limiter_fields(snapshot: Snapshot) -> tuple[object, ...]:
+    return (
+        snapshot.rate_limit_rps,
+        snapshot.rate_limit_ceiling,
+        snapshot.rate_limit_backend,
+        snapshot.rate_limit_backend_up,
+        snapshot.rate_limit_replicas,
+    )
+
+
+def test_pods_up_on_redis_give_the_shared_rate_once_not_summed() -> None:
+    snapshot = pods_snapshot(
+        limiter_text("redis", rate=6, ceiling=8, judge=1, replicas=3),
+        limiter_text("redis", rate=6, ceiling=8, judge=0, replicas=3),
+        limiter_text("redis", rate=6, ceiling=8, judge=0, replicas=3),
+    )
+    assert limiter_fields(snapshot) == (6.0, 8.0, "redis", 3.0, 3.0)
+
+
+def test_pods_on_memory_are_summed_and_have_no_shared_replicas() -> None:
+    snapshot = pods_snapshot(
+        limiter_text("memory", rate=4, ceiling=10, judge=1, replicas=1),
+        limiter_text("memory", rate=5, ceiling=12, judge=1, replicas=1),
+    )
+    assert limiter_fields(snapshot) == (9.0, 22.0, "memory", 2.0, None)
+
+
+def test_proxies_without_the_backend_metrics_are_on_memory_and_summed() -> None:
+    snapshot = pods_snapshot(limiter_text(None, rate=4), limiter_text(None, rate=5, ceiling=7))
+    assert limiter_fields(snapshot) == (9.0, 7.0, "memory", 2.0, None)
+    assert limiter_state(parse(str(limiter_text(None, rate=4)))) == LimiterState(
+        backend="memory", up=True, judge=False, replicas=None, rate=4.0, ceiling=None
+    )
+
+
+def test_a_pod_down_on_redis_adds_its_local_bucket_to_the_shared_value() -> None:
+    snapshot = pods_snapshot(
+        limiter_text("redis", rate=6, ceiling=8, judge=1, replicas=2),
+        limiter_text("redis", rate=6, ceiling=8, judge=0, replicas=2),
+        limiter_text("redis", up=0, rate=1.5, judge=0, replicas=1),
+    )
+    assert limiter_fields(snapshot) == (7.5, 8.0, "redis", 2.0, 2.0)
+
+
+def test_a_judge_down_on_redis_is_not_the_shared_value() -> None:
+    snapshot = pods_snapshot(
+        limiter_text("redis", up=0, rate=1, ceiling=2, judge=1, replicas=1),
+        limiter_text("redis", rate=6, ceiling=8, judge=0, replicas=2),
+    )
+    assert limiter_fields(snapshot) == (7.0, 10.0, "redis", 1.0, 2.0)
+
+
+def test_every_pod_down_on_redis_is_summed_and_there_are_no_shared_replicas() -> None:
+    snapshot = pods_snapshot(
+        limiter_text("redis", up=0, rate=2, ceiling=3, replicas=1),
+        limiter_text("redis", up=0, rate=3, ceiling=4, replicas=1),
+    )
+    assert limiter_fields(snapshot) == (5.0, 7.0, "redis", 0.0, None)
+
+
+def test_redis_and_memory_pods_of_one_variant_are_mixed() -> None:
+    snapshot = pods_snapshot(
+        limiter_text("redis", rate=6, ceiling=8, judge=1, replicas=2),
+        limiter_text("memory", rate=3, ceiling=5, replicas=1),
+    )
+    assert limiter_fields(snapshot) == (9.0, 13.0, "mixed", 2.0, 2.0)
+
+
+def test_the_judges_figures_are_the_shared_ones() -> None:
+    snapshot = pods_snapshot(
+        limiter_text("redis", rate=9, ceiling=10, judge=0, replicas=4),
+        limiter_text("redis", rate=5, ceiling=6, judge=1, replicas=3),
+        limiter_text("redis", rate=7, ceiling=8, judge=0, replicas=4),
+    )
+    assert limiter_fields(snapshot) == (5.0, 6.0, "redis", 3.0, 3.0)
+
+
+def test_without_a_judge_the_shared_figure_is_the_low_median_of_the_pods() -> None:
+    three = pods_snapshot(
+        limiter_text("redis", rate=9, ceiling=12, replicas=3),
+        limiter_text("redis", rate=5, ceiling=10, replicas=1),
+        limiter_text("redis", rate=7, ceiling=14, replicas=2),
+    )
+    assert limiter_fields(three) == (7.0, 12.0, "redis", 3.0, 2.0)
+    two = pods_snapshot(
+        limiter_text("redis", rate=7, ceiling=12, replicas=3),
+        limiter_text("redis", rate=5, ceiling=10, replicas=2),
+    )
+    assert limiter_fields(two) == (5.0, 10.0, "redis", 2.0, 2.0)
+
+
+def test_two_judges_give_the_lower_of_their_figures() -> None:
+    snapshot = pods_snapshot(
+        limiter_text("redis", rate=7, ceiling=9, judge=1, replicas=3),
+        limiter_text("redis", rate=5, ceiling=8, judge=1, replicas=2),
+        limiter_text("redis", rate=3, ceiling=4, judge=0, replicas=1),
+    )
+    assert limiter_fields(snapshot) == (5.0, 8.0, "redis", 3.0, 2.0)
+
+
+def test_a_judge_without_a_figure_leaves_it_to_the_other_pods() -> None:
+    snapshot = pods_snapshot(
+        limiter_text("redis", judge=1),
+        limiter_text("redis", rate=4, ceiling=9, replicas=2),
+        limiter_text("redis", rate=6, ceiling=7, replicas=3),
+    )
+    assert limiter_fields(snapshot) == (4.0, 7.0, "redis", 3.0, 2.0)
+
+
+def test_no_pod_up_means_no_backend_and_no_limiter_figures() -> None:
+    assert limiter_fields(pods_snapshot()) == (None, None, None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "state"),
+    [
+        (
+            limiter_text("redis", rate=6, ceiling=8, judge=1, replicas=2),
+            LimiterState(backend="redis", up=True, judge=True, replicas=2.0, rate=6.0, ceiling=8.0),
+        ),
+        (
+            limiter_text("redis", up=0, rate=1, judge=0, replicas=1),
+            LimiterState(
+                backend="redis", up=False, judge=False, replicas=1.0, rate=1.0, ceiling=None
+            ),
+        ),
+        # Memory always answers, whatever its gauge says; it shares nothing.
+        (
+            limiter_text("memory", up=0, replicas=1),
+            LimiterState(
+                backend="memory", up=True, judge=False, replicas=1.0, rate=None, ceiling=None
+            ),
+        ),
+        # An absurd replica count is left out, like any absurd gauge.
+        (
+            limiter_text("redis", replicas=1e300),
+            LimiterState(
+                backend="redis", up=True, judge=False, replicas=None, rate=None, ceiling=None
+            ),
+        ),
+    ],
+)
+def test_a_pods_limiter_state_comes_from_its_gauges(text: Text, state: LimiterState) -> None:
+    assert limiter_state(parse(str(text))) == state
+    assert state.shared is (state.backend == "redis" and state.up)
+
+
+def test_a_limiter_state_as_json() -> None:
+    state = LimiterState(backend="redis", up=False, judge=True, replicas=3.0, rate=1.5, ceiling=2)
+    assert state.to_dict() == {
+        "backend": "redis",
+        "up": False,
+        "judge": True,
+        "replicas": 3.0,
+        "rate": 1.5,
+        "ceiling": 2,
+    }
+
+
+def test_backend_errors_are_a_rate_summed_over_pods() -> None:
+    def errors(n: float) -> str:
+        return str(Text().counter("zai_proxy_rate_limit_backend_errors", n))
+
+    first = reading(errors(3), errors(13))
+    second = reading(errors(0), errors(5), seconds=2.5)
+    assert (first.backend_errors, second.backend_errors) == (10.0, 5.0)
+    snapshot = build_snapshot(
+        ts=0.0,
+        variant="production",
+        readings=[first, second],
+        expositions=[],
+        targets_up=2,
+        targets_total=2,
+    )
+    assert snapshot.rate_limit_backend_error_rate == 4.0
+    assert first.merge(second).backend_errors == 15.0
+
+
+def test_backend_errors_of_every_label_set_add_up() -> None:
+    def errors(n: float) -> str:
+        t = Text().counter("zai_proxy_rate_limit_backend_errors", n, call="take")
+        return str(t.counter("zai_proxy_rate_limit_backend_errors", 2 * n, call="judge"))
+
+    assert reading(errors(1), errors(4)).backend_errors == 9.0
+
+
+def test_a_targets_status_shows_its_limiter_until_a_scrape_fails() -> None:
+    collector = Collector([URL], interval=5.0, epoch_ts=1000.0)
+    collector.observe(URL, 0, at=0.0, text=str(limiter_text("redis", up=0, judge=1, rate=2)))
+    (status,) = collector.status()
+    assert status.limiter == LimiterState(
+        backend="redis", up=False, judge=True, replicas=None, rate=2.0, ceiling=None
+    )
+    collector.observe(URL, 1, at=5.0, error="refused")
+    (status,) = collector.status()
+    assert status.limiter is None
+    collector.observe(URL, 2, at=10.0, text=str(limiter_text(None)))
+    (status,) = collector.status()
+    assert status.limiter is not None and status.limiter.backend == "memory"

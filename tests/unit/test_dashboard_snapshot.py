@@ -34,6 +34,10 @@ CONTRACT = [
     "tokens_cache_write",
     "rate_limit_rps",
     "rate_limit_ceiling",
+    "rate_limit_backend",
+    "rate_limit_backend_up",
+    "rate_limit_replicas",
+    "rate_limit_backend_error_rate",
     "rate_limit_adj_increase",
     "rate_limit_adj_decrease",
     "rate_limit_adj_probe",
@@ -243,3 +247,54 @@ def test_rows_that_cover_no_time_give_no_rates() -> None:
     minute = average([row(0.0, interval_s=0.0, status_code_rates={"200": 1.0})], 0.0)
     assert minute.status_code_rates == {}
     assert minute.req_rate is None
+
+
+def test_average_of_the_limiters_gauges_is_their_mean_and_its_error_rate_is_weighted() -> None:
+    rows = [
+        row(0.0, interval_s=5.0, rate_limit_backend_up=2.0, rate_limit_replicas=2.0),
+        row(5.0, interval_s=5.0, rate_limit_backend_up=1.0, rate_limit_replicas=None),
+        row(10.0, interval_s=10.0, rate_limit_backend_error_rate=3.0),
+        row(20.0, interval_s=10.0, rate_limit_backend_error_rate=0.0),
+    ]
+    minute = average(rows, 0.0)
+    assert minute.rate_limit_backend_up == 1.5 and minute.rate_limit_replicas == 2.0
+    assert minute.rate_limit_backend_error_rate == 1.5
+
+
+@pytest.mark.parametrize(
+    ("backends", "expected"),
+    [
+        (["redis", "redis"], "redis"),
+        (["memory", None], "memory"),
+        ([None, "redis"], "redis"),
+        (["redis", "memory"], "mixed"),
+        (["mixed", "redis"], "mixed"),
+        ([None, None], None),
+    ],
+)
+def test_a_minutes_backend_is_the_one_its_rows_agree_on_else_mixed(
+    backends: list[str | None], expected: str | None
+) -> None:
+    rows = [row(5.0 * i, rate_limit_backend=b) for i, b in enumerate(backends)]
+    assert average(rows, 0.0).rate_limit_backend == expected
+
+
+def test_a_stale_rows_backend_does_not_count() -> None:
+    stale = Snapshot(ts=0.0, variant="production", stale=True, rate_limit_backend="memory")
+    assert average([stale, row(5.0, rate_limit_backend="redis")], 0.0).rate_limit_backend == (
+        "redis"
+    )
+
+
+def test_a_row_from_before_the_shared_limiter_reads_back_with_its_fields_null() -> None:
+    old = json.loads(row(60.0, rate_limit_rps=5.0).to_json())
+    for name in (
+        "rate_limit_backend",
+        "rate_limit_backend_up",
+        "rate_limit_replicas",
+        "rate_limit_backend_error_rate",
+    ):
+        del old[name]
+    snapshot = Snapshot.from_dict(old)
+    assert snapshot == row(60.0, rate_limit_rps=5.0)
+    assert snapshot.rate_limit_backend is None and snapshot.rate_limit_replicas is None

@@ -480,3 +480,40 @@ def test_a_minute_both_variants_share_across_the_two_tables_is_in_variant_order(
     )
     keys = [(s.ts, s.variant) for s in store.query(6 * 3600, "all", NOW)]
     assert keys == sorted(keys) and len(keys) == 8
+
+
+def test_rows_from_before_the_shared_limiter_fields_read_and_downsample_with_new_ones(
+    store: Store,
+) -> None:
+    minute = NOW - 120
+    old = snap(minute, rate_limit_rps=4.0).to_dict()
+    for name in (
+        "rate_limit_backend",
+        "rate_limit_backend_up",
+        "rate_limit_replicas",
+        "rate_limit_backend_error_rate",
+    ):
+        del old[name]
+    raw = sqlite3.connect(store.path)
+    raw.execute(
+        "INSERT INTO metrics_5s (ts, variant, data) VALUES (?, ?, ?)",
+        (minute, "production", json.dumps(old)),
+    )
+    raw.commit()
+    raw.close()
+    new = snap(
+        minute + 5,
+        rate_limit_rps=6.0,
+        rate_limit_backend="redis",
+        rate_limit_backend_up=2.0,
+        rate_limit_replicas=2.0,
+        rate_limit_backend_error_rate=0.5,
+    )
+    store.insert(new)
+    assert store.query(300, "production", NOW) == [snap(minute, rate_limit_rps=4.0), new]
+    assert store.downsample(NOW) == 1
+    (row,) = store.query(6 * 3600, "production", NOW)
+    assert (row.rate_limit_rps, row.rate_limit_backend) == (5.0, "redis")
+    assert (row.rate_limit_backend_up, row.rate_limit_replicas) == (2.0, 2.0)
+    # The old row knows nothing of backend errors: it is left out, not counted as 0.
+    assert row.rate_limit_backend_error_rate == 0.5

@@ -37,8 +37,10 @@ from .promparse import (
     parse,
 )
 from .readings import (
+    LimiterState,
     Reading,
     build_snapshot,
+    limiter_state,
     read,
 )
 from .scrape import (
@@ -89,6 +91,7 @@ __all__ = [
     "DnsTarget",
     "Exposition",
     "Hub",
+    "LimiterState",
     "Maintenance",
     "PodChange",
     "Reading",
@@ -105,6 +108,7 @@ __all__ = [
     "histogram_quantile",
     "increases",
     "infer_variant",
+    "limiter_state",
     "parse",
     "parse_dns_target",
     "read",

@@ -15,6 +15,8 @@ Choices worth knowing:
 - `interval_s` is the mean of the targets' own scrape intervals.
 - If a target's task misses a tick altogether (it crashed and is waiting to restart), the
   tick is closed when another target of the variant reports the next one.
+- `status` shows each target's limiter (backend, up, judge; `readings.limiter_state`)
+  as its latest scrape says, and none while the target is down.
 - A `dns+` target (see `targets.py`) is a source of pods: `resolved` adds a target per new
   address and drops those that went away, `resolution_failed` keeps the last pods.  A new
   pod joins at the variant's current tick, so it holds no tick back, and its first scrape
@@ -31,7 +33,7 @@ from typing import Any
 
 from ..settings import VARIANTS, without_userinfo
 from .promparse import Exposition, parse
-from .readings import Reading, build_snapshot, read
+from .readings import LimiterState, Reading, build_snapshot, limiter_state, read
 from .snapshot import Snapshot
 from .targets import DnsTarget, parse_dns_target
 
@@ -55,6 +57,7 @@ class TargetStatus:
     scrapes_ok: int
     scrapes_failed: int
     source: str | None = None  # the dns+ target (without userinfo) this pod came from
+    limiter: LimiterState | None = None  # as its last scrape said; None while it is down
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +71,7 @@ class TargetStatus:
             "last_error": self.last_error,
             "scrapes_ok": self.scrapes_ok,
             "scrapes_failed": self.scrapes_failed,
+            "limiter": None if self.limiter is None else self.limiter.to_dict(),
         }
 
 
@@ -134,6 +138,7 @@ class _Target:
     last_scrape: float | None = None
     last_success: float | None = None
     source: str | None = None
+    limiter: LimiterState | None = None
 
 
 class Collector:
@@ -249,6 +254,7 @@ class Collector:
                 scrapes_ok=t.ok,
                 scrapes_failed=t.failed,
                 source=None if t.source is None else self._sources[t.source].shown,
+                limiter=t.limiter,
             )
             for t in self._targets.values()
         ]
@@ -286,12 +292,14 @@ class Collector:
                 error = str(exc)
         if exposition is None:
             target.up = False
+            target.limiter = None
             target.failed += 1
             target.last_error = error or "no answer"
             out += self._maybe_emit(target.variant, tick)
             return out
 
         target.up = True
+        target.limiter = limiter_state(exposition)
         target.ok += 1
         target.last_error = None
         target.last_success = self.tick_ts(tick)

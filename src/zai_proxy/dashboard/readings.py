@@ -8,7 +8,30 @@ Pure maths, no I/O and no clock: `read` turns two expositions of one target into
   scrape does not bend them; replicas' rates are then summed.
 - Latency quantiles come from the summed histogram bucket increases, the way PromQL's
   `histogram_quantile` does it; no traffic gives null, not 0.
-- Gauges (rate limit, in flight, max workers) are summed over the targets that are up.
+- Gauges (in flight, max workers) are summed over the targets that are up.
+- The limiter's rate and ceiling are summed only over pods that each have a limiter of
+  their own.  A pod's limiter (`limiter_state`) is on "redis" when the pod exports
+  `zai_proxy_rate_limit_backend_up{backend="redis"}`, else on "memory" (a proxy without
+  that metric is older and has only memory); it is up while that gauge is 1, and always
+  on memory.  Every pod up on redis reports the same shared rate and ceiling, so the
+  variant's figure is
+
+      shared value (once) + the sum over the other pods' own figures
+
+  where the other pods are those on memory and those on redis whose backend is down
+  (each runs its local fallback bucket, which adds to what the variant sends).  The
+  shared value is the low median (`statistics.median_low`) of the figures reported by
+  the pods up on redis that judge the windows (`zai_proxy_rate_limit_judge` 1), or, if
+  none of them reports one, of the figures of all pods up on redis.  The judge publishes
+  the value, so its copy is the freshest; with two judges (a hand-over) or none, the low
+  median is a figure some pod really reported (the lower of the middle two of an even
+  count, the cautious side), and among three or more pods one stale copy cannot move it.
+  No pod up on redis: no shared value, only the sum.
+- `rate_limit_replicas` is the shared limiter's `zai_proxy_rate_limit_replicas`, chosen
+  the same way; null when no pod is up on redis.  `rate_limit_backend` is "memory" or
+  "redis" when every pod up is on it, "mixed" when they differ, null when no pod is up;
+  `rate_limit_backend_up` counts the pods up whose limiter is up (out of `targets_up`);
+  `rate_limit_backend_error_rate` is the pods' backend errors per second, summed.
 
 A target is not trusted to be our proxy.  Label values become the keys of a snapshot's
 maps, so each map keeps at most MAX_LABEL_VALUES of them (cut to 64 characters; the rest
@@ -20,6 +43,7 @@ or left out, since a snapshot must stay JSON and sums of rows must stay finite.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
@@ -27,7 +51,15 @@ from typing import Any, TypeVar
 from .promparse import Exposition, Labels, histogram_quantile, increases
 from .snapshot import Snapshot
 
-__all__ = ["MAX_FIGURE", "MAX_LABEL_VALUES", "Reading", "build_snapshot", "read"]
+__all__ = [
+    "MAX_FIGURE",
+    "MAX_LABEL_VALUES",
+    "LimiterState",
+    "Reading",
+    "build_snapshot",
+    "limiter_state",
+    "read",
+]
 
 K = TypeVar("K")
 
@@ -51,6 +83,12 @@ _RATE = "zai_proxy_rate_limit_requests_per_second"
 _CEILING = "zai_proxy_rate_limit_ceiling_requests_per_second"
 _CONCURRENT = "zai_proxy_concurrent_requests"
 _MAX_WORKERS = "zai_proxy_max_workers"
+_BACKEND_UP = "zai_proxy_rate_limit_backend_up"
+_BACKEND_ERRORS = "zai_proxy_rate_limit_backend_errors_total"
+_REPLICAS = "zai_proxy_rate_limit_replicas"
+_JUDGE = "zai_proxy_rate_limit_judge"
+_SHARED_BACKEND = "redis"
+_LOCAL_BACKEND = "memory"
 
 
 @dataclass(slots=True)
@@ -71,6 +109,7 @@ class Reading:
     rejections: dict[str, float] = field(default_factory=dict)
     retries: dict[str, float] = field(default_factory=dict)
     upstream_errors: dict[str, float] = field(default_factory=dict)
+    backend_errors: float = 0.0
 
     def merge(self, later: Reading) -> Reading:
         """This reading followed by `later` (a tick went by without a snapshot)."""
@@ -153,6 +192,8 @@ def read(previous: Exposition, current: Exposition, interval: float) -> Reading:
             _bump_label(reading.retries, _label(labels, "reason"), amount)
         elif name == _UPSTREAM_ERRORS:
             _bump_label(reading.upstream_errors, _label(labels, "error_type"), amount)
+        elif name == _BACKEND_ERRORS:
+            reading.backend_errors += amount
     return reading
 
 
@@ -175,6 +216,72 @@ def _gauges(exposition: Exposition) -> _Gauges:
         concurrent=sums.get(_CONCURRENT),
         max_workers=sums.get(_MAX_WORKERS),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterState:
+    """What one pod's latest scrape says of its limiter."""
+
+    backend: str  # "memory" or "redis"
+    up: bool  # False: on redis, but running its local fallback bucket
+    judge: bool  # it judges the shared limiter's windows
+    replicas: float | None  # proxies on its limiter as it sees them
+    rate: float | None
+    ceiling: float | None
+
+    @property
+    def shared(self) -> bool:
+        """It paces with the shared limiter (and so reports the shared figures)."""
+        return self.backend == _SHARED_BACKEND and self.up
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "up": self.up,
+            "judge": self.judge,
+            "replicas": self.replicas,
+            "rate": self.rate,
+            "ceiling": self.ceiling,
+        }
+
+
+def limiter_state(exposition: Exposition) -> LimiterState:
+    """One pod's limiter: its backend, whether that answers, whether it judges, its figures."""
+    backend, up = _LOCAL_BACKEND, True
+    judge = False
+    replicas: float | None = None
+    for (name, labels), value in exposition.gauges.items():
+        if name == _BACKEND_UP and _label(labels, "backend") == _SHARED_BACKEND:
+            backend, up = _SHARED_BACKEND, value == 1
+        elif name == _JUDGE and value == 1:
+            judge = True
+        elif name == _REPLICAS and _sane_figure(value):
+            replicas = value
+    gauges = _gauges(exposition)
+    return LimiterState(
+        backend=backend,
+        up=up,
+        judge=judge,
+        replicas=replicas,
+        rate=gauges.rate,
+        ceiling=gauges.ceiling,
+    )
+
+
+def _shared_figure(pods: Iterable[tuple[float | None, bool]]) -> float | None:
+    """The shared limiter's figure from (figure, judge) of the pods up on it: the low
+    median of the judges' figures, else of everyone's."""
+    present = [(value, judge) for value, judge in pods if value is not None]
+    judged = [value for value, judge in present if judge]
+    values = judged or [value for value, _ in present]
+    return statistics.median_low(values) if values else None
+
+
+def _backend_of(states: Sequence[LimiterState]) -> str | None:
+    backends = {s.backend for s in states}
+    if len(backends) > 1:
+        return "mixed"
+    return backends.pop() if backends else None
 
 
 def _finite(value: float | None) -> float | None:
@@ -235,6 +342,12 @@ def build_snapshot(
     capacity = math.fsum(g.max_workers or 0.0 for g in both)
     utilization = math.fsum(g.concurrent or 0.0 for g in both) / capacity if capacity > 0 else None
 
+    limiters = [limiter_state(e) for e in expositions]
+    shared = [s for s in limiters if s.shared]
+    local = [s for s in limiters if not s.shared]
+    shared_rate = _shared_figure((s.rate, s.judge) for s in shared)
+    shared_ceiling = _shared_figure((s.ceiling, s.judge) for s in shared)
+
     snapshot = Snapshot(
         ts=ts,
         variant=variant,
@@ -258,8 +371,12 @@ def build_snapshot(
         tokens_out=tokens.get("output", 0.0),
         tokens_cache_read=tokens.get("cache_read", 0.0),
         tokens_cache_write=tokens.get("cache_write", 0.0),
-        rate_limit_rps=_finite(_sum_present(g.rate for g in gauges)),
-        rate_limit_ceiling=_finite(_sum_present(g.ceiling for g in gauges)),
+        rate_limit_rps=_finite(_sum_present([shared_rate, *(s.rate for s in local)])),
+        rate_limit_ceiling=_finite(_sum_present([shared_ceiling, *(s.ceiling for s in local)])),
+        rate_limit_backend=_backend_of(limiters),
+        rate_limit_backend_up=float(sum(s.up for s in limiters)) if limiters else None,
+        rate_limit_replicas=_shared_figure((s.replicas, s.judge) for s in shared),
+        rate_limit_backend_error_rate=rate(lambda r: r.backend_errors),
         rate_limit_adj_increase=adjustments.get("increase", 0.0),
         rate_limit_adj_decrease=adjustments.get("decrease", 0.0),
         rate_limit_adj_probe=adjustments.get("probe", 0.0),

@@ -6,6 +6,13 @@ the interval the snapshot covers (`interval_s`); the `tokens_*`, `rate_limit_adj
 of the snapshots in the window.  A value that has no meaning for the interval (a latency
 quantile when no request finished, a gauge no target exported) is null, never 0.
 
+The limiter fields of a variant whose pods share a limiter (see `readings.py`):
+`rate_limit_backend` is "memory", "redis", "mixed" or null (no pod up),
+`rate_limit_backend_up` the pods whose limiter backend answers (of `targets_up`),
+`rate_limit_replicas` the replicas on the shared limiter (null without one) and
+`rate_limit_backend_error_rate` the backend's errors per second.  Rows written before
+these fields existed read back with them null.
+
 A stale snapshot says "no target of this variant answered at this tick": `stale` is
 true, `interval_s` is 0 and every measurement is null or empty.
 
@@ -50,6 +57,10 @@ class Snapshot:
     tokens_cache_write: float | None = None
     rate_limit_rps: float | None = None
     rate_limit_ceiling: float | None = None
+    rate_limit_backend: str | None = None
+    rate_limit_backend_up: float | None = None
+    rate_limit_replicas: float | None = None
+    rate_limit_backend_error_rate: float | None = None
     rate_limit_adj_increase: float | None = None
     rate_limit_adj_decrease: float | None = None
     rate_limit_adj_probe: float | None = None
@@ -101,6 +112,7 @@ _RATES = (
     "token_rate_out",
     "token_rate_cache_read",
     "token_rate_cache_write",
+    "rate_limit_backend_error_rate",
 )
 _RATE_MAPS = ("status_code_rates", "retry_rates", "upstream_error_rates")
 _INCREASES = (
@@ -124,6 +136,8 @@ _PER_REQUEST = (
 _GAUGES = (
     "rate_limit_rps",
     "rate_limit_ceiling",
+    "rate_limit_backend_up",
+    "rate_limit_replicas",
     "concurrent",
     "max_workers",
     "worker_utilization",
@@ -141,6 +155,8 @@ def average(rows: Sequence[Snapshot], ts: float) -> Snapshot:
       row's request count.  Exact for error % and the averages; for quantiles it is an
       approximation (quantiles of a merged histogram are not averages of quantiles);
     - gauges: the mean of the rows that have one;
+    - `rate_limit_backend`: the one backend the rows that name one agree on, "mixed" if
+      they differ (a switch within the minute), null if none names one;
     - `stale` only if every row is (the minute has no data at all), `targets_up` the
       minimum and `targets_total` the maximum seen.
     """
@@ -172,6 +188,10 @@ def average(rows: Sequence[Snapshot], ts: float) -> Snapshot:
     for name in _GAUGES:
         present = [v for row in live if (v := getattr(row, name)) is not None]
         values[name] = math.fsum(present) / len(present) if present else None
+    backends = {row.rate_limit_backend for row in live} - {None}
+    values["rate_limit_backend"] = (
+        "mixed" if len(backends) > 1 else next(iter(backends)) if backends else None
+    )
     return Snapshot(
         ts=ts,
         variant=variant,

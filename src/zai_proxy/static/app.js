@@ -28,9 +28,11 @@
     retryTimer: null,
     countdownTimer: null,
     backfillSeq: 0,
+    targets: [],
+    statusTimer: null,
   };
 
-  var dash = { state: state, panels: {}, totals: null, errors: {}, backfills: 0 };
+  var dash = { state: state, panels: {}, totals: null, errors: {}, backfills: 0, status: null, statusPolls: 0 };
   window.__dash = dash;
 
   // ------------------------------------------------------------------ formatting
@@ -463,6 +465,134 @@
     });
   }
 
+  // ------------------------------------------------------------------ limiter and pods
+
+  // The variant's limiter in one line, from its latest snapshot: one shared limiter
+  // (redis) or one per pod (memory), and the pods whose redis is down (they run a local
+  // bucket of their own until it answers again).
+  function limiterLine(v, s) {
+    var backend = s.rate_limit_backend;
+    var pods = typeof s.targets_up === "number" ? s.targets_up : 0;
+    var text;
+    if (backend === "redis") {
+      text = "shared (redis)" + replicasText(s);
+    } else if (backend === "memory") {
+      text = "per pod (memory), " + pods + (pods === 1 ? " pod" : " pods");
+    } else if (backend === "mixed") {
+      text = "mixed: shared (redis)" + replicasText(s) + ", other pods per pod (memory)";
+    } else {
+      text = "—";
+    }
+    var down = typeof s.rate_limit_backend_up === "number" ? Math.round(pods - s.rate_limit_backend_up) : 0;
+    if (down > 0) text += "; redis down on " + down + " of " + pods + " pods (local bucket)";
+    text += " · rate " + fmtNum(s.rate_limit_rps) + " req/s, ceiling " + fmtNum(s.rate_limit_ceiling);
+    if (typeof s.rate_limit_backend_error_rate === "number" && s.rate_limit_backend_error_rate > 0) {
+      text += " · " + fmtNum(s.rate_limit_backend_error_rate) + " backend errors/s";
+    }
+    return { text: v + ": " + text, down: down };
+  }
+
+  function replicasText(s) {
+    if (typeof s.rate_limit_replicas !== "number") return "";
+    var n = Math.round(s.rate_limit_replicas);
+    return ", " + n + (n === 1 ? " replica" : " replicas");
+  }
+
+  function podHost(url) {
+    try { return new URL(url).host; } catch (e) { return String(url); }
+  }
+
+  function cell(row, text, cls) {
+    var td = document.createElement("td");
+    td.textContent = text;
+    if (cls) td.className = cls;
+    row.appendChild(td);
+    return td;
+  }
+
+  function renderLimiterInfo() {
+    var box = document.getElementById("limiter-info");
+    box.textContent = "";
+    selectedVariants().forEach(function (v) {
+      var section = document.createElement("div");
+      section.className = "limiter-variant";
+      section.id = "limiter-" + v;
+      var s = latestLive(v) || {};
+      var line = limiterLine(v, s);
+      var p = document.createElement("p");
+      p.className = "limiter-line" + (line.down > 0 ? " bad" : "");
+      p.id = "limiter-line-" + v;
+      p.setAttribute("data-backend", typeof s.rate_limit_backend === "string" ? s.rate_limit_backend : "");
+      p.textContent = line.text;
+      section.appendChild(p);
+
+      var pods = state.targets.filter(function (t) { return t && t.variant === v; });
+      if (pods.length) {
+        var table = document.createElement("table");
+        table.className = "pods";
+        table.id = "pods-" + v;
+        var head = document.createElement("tr");
+        ["pod", "scrape", "limiter", "judge", "rate"].forEach(function (name) {
+          var th = document.createElement("th");
+          th.textContent = name;
+          head.appendChild(th);
+        });
+        var thead = document.createElement("thead");
+        thead.appendChild(head);
+        table.appendChild(thead);
+        var body = document.createElement("tbody");
+        pods.forEach(function (t) {
+          var lim = t.limiter || null;
+          var row = document.createElement("tr");
+          row.className = "pod";
+          row.setAttribute("data-url", String(t.url));
+          row.setAttribute("data-up", t.up ? "true" : "false");
+          row.setAttribute("data-backend", lim ? String(lim.backend) : "");
+          row.setAttribute("data-backend-up", lim ? (lim.up ? "true" : "false") : "");
+          // A proxy on memory judges its own windows: only a shared limiter's judge is news.
+          var judge = !!(lim && lim.judge && lim.backend === "redis");
+          row.setAttribute("data-judge", judge ? "true" : "false");
+          cell(row, podHost(t.url));
+          cell(row, t.up ? "up" : "down", t.up ? "ok" : "bad");
+          if (!lim) cell(row, "—");
+          else if (lim.up) cell(row, lim.backend + " up", "ok");
+          else cell(row, lim.backend + " down (local bucket)", "bad");
+          cell(row, judge ? "judge" : "");
+          cell(row, lim ? fmtNum(lim.rate) : "—", "num");
+          if ((lim && !lim.up) || !t.up) row.classList.add("bad");
+          body.appendChild(row);
+        });
+        table.appendChild(body);
+        section.appendChild(table);
+      }
+      box.appendChild(section);
+    });
+  }
+
+  // The pods and their limiters come from /api/status, polled while the stream is up.
+  function pollStatus() {
+    if (state.statusTimer) clearTimeout(state.statusTimer);
+    state.statusTimer = null;
+    if (state.conn !== "connected") return;
+    fetch("/api/status", { cache: "no-store" })
+      .then(function (r) {
+        if (!r.ok) throw new Error("status request failed: HTTP " + r.status);
+        return r.json();
+      })
+      .then(function (body) {
+        state.targets = Array.isArray(body.targets) ? body.targets : [];
+        dash.status = body;
+        dash.statusPolls++;
+        try { renderLimiterInfo(); } catch (err) { dash.errors.limiterInfo = String(err); }
+      })
+      .catch(function () { /* the stream's reconnect says the dashboard is away */ })
+      .then(function () {
+        if (state.conn !== "connected" || state.statusTimer) return;
+        var every = Math.min(5, Math.max(1, state.scrapeInterval));
+        state.statusTimer = setTimeout(pollStatus, every * 1000);
+      });
+  }
+
   // ------------------------------------------------------------------ status bar
 
   function isStale(v) {
@@ -527,6 +657,7 @@
     renderQueued = false;
     PANELS.forEach(renderPanel);
     try { renderStatus(); } catch (err) { dash.errors.status = String(err); }
+    try { renderLimiterInfo(); } catch (err) { dash.errors.limiterInfo = String(err); }
   }
 
   function scheduleRender() {
@@ -587,6 +718,7 @@
       state.attempt = 0;
       setConn("connected");
       backfill();
+      pollStatus();
     });
     source.addEventListener("snapshot", function (ev) {
       if (state.source !== source) return;
