@@ -258,6 +258,27 @@ async def test_redis_killed_and_restarted_mid_load_loses_no_request(
     assert lines.count("rate limit backend back; sharing again") == 2, lines
 
 
+async def test_a_proxy_starts_and_serves_without_redis_and_joins_when_it_comes(
+    redis_server: RedisServer,
+    start_upstream: StartUpstream,
+    start_proxy: StartProxy,
+) -> None:
+    redis_server.kill()
+    upstream = await start_upstream()
+    with trio.fail_after(5):  # start-up is not held up by the missing Redis
+        proxy = await start_proxy(upstream, **shared(redis_server))
+    gate = gate_of(proxy)
+    assert not gate.up and gate.rate == 15.0
+    async with httpx.AsyncClient(timeout=5) as client:
+        response = await client.post(proxy.url + "/v1/messages", json=MESSAGE)
+        assert response.status_code == 200
+        redis_server.restart()
+        await wait_until(lambda: gate.up and gate.judge, 5, "joined once Redis came")
+        health = (await client.get(proxy.origin + "/healthz")).json()
+    assert health["rate_limit_backend"] == "redis" and health["rate_limit_backend_up"] is True
+    assert health["rate_limit_replicas"] == 1 and health["rate_limit_judge"] is True
+
+
 async def test_a_hung_redis_delays_no_request_beyond_its_timeout(
     redis_server: RedisServer,
     start_upstream: StartUpstream,
@@ -510,3 +531,27 @@ def test_backend_settings_stop_start_up_with_one_line_naming_the_variable() -> N
         ).rate_limit_backend_timeout,
         0.05,
     )
+
+
+async def test_garbage_in_redis_is_outlived_not_obeyed(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    # Whatever else writes into the namespace (a bug, an old version, a person with
+    # redis-cli), the judge drops what it cannot read and publishes a sane state again.
+    gate = new_gate(settings_for(redis_server, RATE_LIMIT_INITIAL="20"))
+    await nursery.start(gate.run)
+    prefix = f"zai-proxy:{{{gate.namespace}}}:"
+
+    async def cli(*words: str) -> None:
+        await trio.run_process(["redis-cli", "-p", str(redis_server.port), *words])
+
+    await cli("RPUSH", prefix + "events", "not json", '{"s": [1], "a": [[1]]}', "[]")
+    await cli("HSET", prefix + "state", "rate", "fast", "ceiling", "high")
+    await wait_until(lambda: gate.judge and gate.up, 2, "judging")
+    await trio.sleep(0.5)
+    assert gate.up and gate.judge and gate.rate == 20.0
+    assert await redis_field(redis_server, prefix + "state", "rate") == "20.0"
+    began = trio.current_time()
+    await gate.admit(5.0)
+    await gate.admit(5.0)
+    assert trio.current_time() - began == pytest.approx(0.05, abs=0.03)

@@ -445,6 +445,30 @@ class SharedGate:
     # -- the heartbeat ---------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Join (or fall back) before the first request is served, then beat for ever.
+
+        A client that fails as a whole (not one call) is opened again after a backoff;
+        requests meanwhile take local turns."""
+        delay = self._timing.tick
+        while True:
+            try:
+                async with self._open() as client:
+                    self._client = client
+                    try:
+                        await self._beat_once(first=True)
+                        task_status.started()
+                        await self._beat_forever()
+                    finally:
+                        self._client = None
+                        with trio.CancelScope(shield=True):
+                            await self._leave()
+            except Exception as error:  # noqa: BLE001 - whatever broke, requests go local
+                self._fall_back(f"client: {type(error).__name__}")
+                task_status.started()
+            await trio.sleep(delay)
+            delay = min(delay * 2, self._timing.max_backoff)
+
+    def _open(self) -> coredis.Redis[str]:
         settings = self._settings
         client: coredis.Redis[str] = coredis.Redis.from_url(
             settings.rate_limit_backend,
@@ -455,28 +479,26 @@ class SharedGate:
             # Our own deadline and fallback decide; coredis' retries would only stretch it.
             retry_policy=coredis.retry.NoRetryPolicy(),
         )
-        async with client:
-            self._client = client
-            self._scripts = {
-                "grant": client.register_script(_GRANT),
-                "turn": client.register_script(_TURN),
-                "cancel": client.register_script(_CANCEL),
-                "beat": client.register_script(_BEAT),
-                "publish": client.register_script(_PUBLISH),
-                "reset": client.register_script(_RESET),
-                "leave": client.register_script(_LEAVE),
-            }
+        self._scripts = {
+            "grant": client.register_script(_GRANT),
+            "turn": client.register_script(_TURN),
+            "cancel": client.register_script(_CANCEL),
+            "beat": client.register_script(_BEAT),
+            "publish": client.register_script(_PUBLISH),
+            "reset": client.register_script(_RESET),
+            "leave": client.register_script(_LEAVE),
+        }
+        return client
+
+    async def _leave(self) -> None:
+        """Stop counting as a replica and hand the lease on at once (best effort)."""
+        with trio.move_on_after(self._timeout * 2):
             try:
-                # Joined (or fallen back) before the first request is served.
-                await self._beat_once(first=True)
-                task_status.started()
-                await self._beat_forever()
-            finally:
-                with trio.CancelScope(shield=True):
-                    await self._call(
-                        "leave", [self._replicas_key, self._lease], [self.replica_id], quiet=True
-                    )
-                self._client = None
+                await self._scripts["leave"](
+                    keys=[self._replicas_key, self._lease], args=[self.replica_id]
+                )
+            except Exception:  # noqa: BLE001 - leaving is a courtesy; the lease expires anyway
+                pass
 
     async def _beat_forever(self) -> None:
         delay = self._timing.tick
