@@ -42,6 +42,10 @@ PROXY_VARIABLES = {
     "RATE_LIMIT_PROBE_INTERVAL": "clean windows before probing above the ceiling (default 10)",
     "RATE_LIMIT_WINDOW": "limiter adjustment window (default 30s)",
     "RATE_LIMIT_MAX_WAIT": "longest wait for a limiter token before a 429 (default 30s)",
+    "RATE_LIMIT_BACKEND": "memory (default), or redis://HOST:PORT/DB: one limiter shared by "
+    "every proxy on that Redis and key (a password belongs in the environment, not a flag)",
+    "RATE_LIMIT_NAMESPACE": "the shared limiter's name (default: derived from the key)",
+    "RATE_LIMIT_BACKEND_TIMEOUT": "deadline of each Redis call (default 250ms)",
     "MAX_BODY_BYTES": "largest request body accepted (default 33554432)",
     "UPSTREAM_CONNECT_TIMEOUT": "connect timeout to the upstream (default 10s)",
     "UPSTREAM_READ_TIMEOUT": "longest silence from the upstream (default 300s)",
@@ -120,14 +124,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="run two proxies, the dashboard, a simulated upstream and simulated agents",
         description="Start the simulated upstream, a production and a canary proxy in "
         "front of it, the dashboard scraping both and a pool of simulated agents; print "
-        "where they are, and run until Ctrl-C (or --duration).  With ZAI_API_KEY set (and "
-        "no --simulate), run the proxies and the dashboard against ZAI_TARGET_URL instead.",
+        "where they are, and run until Ctrl-C (or --duration).  --replicas N runs N "
+        "production proxies, on one shared limiter when redis-server is installed.  With "
+        "ZAI_API_KEY set (and no --simulate), run the proxies and the dashboard against "
+        "ZAI_TARGET_URL instead.",
     )
     demo.add_argument("--dashboard-port", type=int, default=8080, help="dashboard (8080; 0: any)")
-    demo.add_argument("--proxy-port", type=int, default=8081, help="production proxy (8081)")
+    demo.add_argument(
+        "--proxy-port",
+        type=int,
+        default=8081,
+        help="production proxy (8081); further replicas on the next free ports above it",
+    )
     demo.add_argument("--canary-port", type=int, default=8082, help="canary proxy (8082)")
     demo.add_argument("--upstream-port", type=int, default=0, help="simulator port (0: any)")
     demo.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    demo.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="production proxies, 1 to 16 (default 1); with more than one and redis-server "
+        "on PATH, all proxies share one limiter on a redis-server the demo starts",
+    )
     demo.add_argument("--agents", type=int, default=12, help="simulated agents (default 12)")
     demo.add_argument("--no-agents", action="store_true", help="run no simulated agents")
     demo.add_argument("--hidden-limit", type=float, default=6.0, help="simulated limit, req/s")
@@ -153,8 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure(dashboard.log_level)
             trio.run(_dashboard, dashboard)
         elif args.command == "demo":
-            from .demo import run_demo
+            from .demo import check_args, run_demo
 
+            check_args(args)
             configure("info")
             trio.run(partial(run_demo, args))
     except (SettingsError, BaseExceptionGroup) as raised:

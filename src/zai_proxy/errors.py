@@ -20,6 +20,7 @@ __all__ = [
     "Overloaded",
     "ProxyError",
     "RateLimited",
+    "RedisUnavailable",
     "RequestCreationError",
     "RequestTimeout",
     "RetryableError",
@@ -67,6 +68,10 @@ class StoreError(SettingsError):
 
 class ScrapeError(Exception):
     """A scrape that gave no exposition; the message is safe to show (no userinfo)."""
+
+
+class RedisUnavailable(Exception):
+    """The demo's redis-server could not be started; the message says why, in one line."""
 
 
 class ClientStalled(Exception):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import signal
@@ -13,6 +15,8 @@ from typing import Any
 
 import httpx
 import trio
+
+from tests.conftest import require_tool
 
 DURATION = 25.0
 PORTS = ["--dashboard-port", "0", "--proxy-port", "0", "--canary-port", "0"]
@@ -32,6 +36,7 @@ class Demo:
         self.stderr = bytearray()
         self.dashboard: str | None = None
         self.seen_dashboard = trio.Event()
+        self.seen_canary = trio.Event()  # the last of the machine-readable lines
 
     async def pump_stdout(self) -> None:
         assert self.process.stdout is not None
@@ -41,6 +46,8 @@ class Demo:
             if match and self.dashboard is None:
                 self.dashboard = match.group(1).decode()
                 self.seen_dashboard.set()
+            if re.search(rb"^canary: \S+$", bytes(self.stdout), re.M):
+                self.seen_canary.set()
 
     async def pump_stderr(self) -> None:
         assert self.process.stderr is not None
@@ -49,10 +56,11 @@ class Demo:
 
 
 @asynccontextmanager
-async def _demo(*extra: str) -> AsyncIterator[Demo]:
-    """The demo in a subprocess; killed if the test leaves early."""
+async def _demo(*extra: str, new_session: bool = False) -> AsyncIterator[Demo]:
+    """The demo in a subprocess (in a session of its own, as a terminal would run it,
+    with `new_session`); killed if the test leaves early."""
     async with trio.open_nursery() as nursery:
-        demo = await _start(nursery, *extra)
+        demo = await _start(nursery, *extra, new_session=new_session)
         try:
             yield demo
         finally:
@@ -62,12 +70,13 @@ async def _demo(*extra: str) -> AsyncIterator[Demo]:
                     await demo.process.wait()
 
 
-async def _start(nursery: trio.Nursery, *extra: str) -> Demo:
+async def _start(nursery: trio.Nursery, *extra: str, new_session: bool = False) -> Demo:
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "zai_proxy", "demo", *PORTS, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=_env(),
+        start_new_session=new_session,
     )
     demo = Demo(process)
     nursery.start_soon(demo.pump_stdout)
@@ -134,3 +143,69 @@ async def test_sigint_stops_the_demo_cleanly() -> None:
     assert code == 0, demo.stderr.decode(errors="replace")[-3000:]
     assert b"Traceback" not in demo.stderr, demo.stderr.decode(errors="replace")[-3000:]
     assert b"demo stopped" in demo.stdout
+
+
+async def _pong(port: int) -> bool:
+    try:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+    except OSError:
+        return False
+    async with stream:
+        await stream.send_all(b"PING\r\n")
+        return (await stream.receive_some(64)).startswith(b"+PONG")
+
+
+def _redis_pid(stderr: bytes) -> int | None:
+    """The demo's redis-server, from its log line (to clean up after a failed test)."""
+    for line in stderr.splitlines():
+        if b"shared limiter" in line:
+            pid: int = json.loads(line)["pid"]
+            return pid
+    return None
+
+
+async def test_ctrl_c_leaves_the_shared_limiter_up_until_the_replicas_have_drained() -> None:
+    """A terminal's Ctrl-C signals the demo's whole process group; its redis-server, in a
+    session of its own, outlives the proxies' drain and is then stopped by the demo."""
+    require_tool("redis-server")
+    async with _demo("--replicas", "2", "--no-agents", new_session=True) as demo:
+        try:
+            with trio.fail_after(5):
+                await demo.seen_canary.wait()
+            out = bytes(demo.stdout)
+            limiter = re.search(rb"^limiter: redis://127\.0\.0\.1:(\d+)/0$", out, re.M)
+            production = re.search(rb"^production: (\S+)$", out, re.M)
+            assert limiter is not None and production is not None, out.decode()
+            port = int(limiter.group(1))
+            assert await _pong(port)
+            async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+                # A stream in flight (the simulator takes most of a second) keeps the
+                # proxy draining after the signal.
+                async with client.stream(
+                    "POST",
+                    production.group(1).decode() + "/v1/messages",
+                    json={
+                        "model": "glm-4.6",
+                        "max_tokens": 64,
+                        "stream": True,
+                        "messages": [{"role": "user", "content": "hi"}],
+                    },
+                ) as response:
+                    assert response.status_code == 200
+                    lines = response.aiter_lines()
+                    await lines.__anext__()
+                    os.killpg(demo.process.pid, signal.SIGINT)
+                    rest = [line async for line in lines]
+            assert "event: message_stop" in rest
+            with trio.fail_after(15):
+                code = await demo.process.wait()
+        finally:
+            pid = _redis_pid(bytes(demo.stderr))
+            if pid is not None and demo.process.returncode != 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    assert code == 0, demo.stderr.decode(errors="replace")[-3000:]
+    assert b"Traceback" not in demo.stderr, demo.stderr.decode(errors="replace")[-3000:]
+    assert b"exited on its own" not in demo.stderr, demo.stderr.decode(errors="replace")[-3000:]
+    assert b"demo stopped" in demo.stdout
+    assert not await _pong(port)

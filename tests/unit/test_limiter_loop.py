@@ -116,7 +116,9 @@ async def test_a_hold_is_logged_at_debug_and_not_counted(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="zai_proxy.limiter")
     app = proxy_app()
-    monkeypatch.setattr(app.limiter.limiter, "adjust", lambda now: adjustment("hold", "steady", 10.0))
+    monkeypatch.setattr(
+        app.limiter.limiter, "adjust", lambda now: adjustment("hold", "steady", 10.0)
+    )
     await run_windows(app, 1)
     [record] = [r for r in caplog.records if r.name == "zai_proxy.limiter"]
     assert (record.levelno, record.getMessage()) == (logging.DEBUG, "rate limit held")
