@@ -63,16 +63,30 @@ class RateGate(Protocol):
 
 
 async def wait_for_turn(
-    limiter: AdaptiveLimiter, max_wait: float, metrics: ProxyMetrics, began: float
-) -> float:
-    """Take a turn from a bucket in this process; see AdaptiveLimiter's module notes."""
+    limiter: AdaptiveLimiter,
+    max_wait: float,
+    metrics: ProxyMetrics,
+    began: float,
+    leave: trio.Event | None = None,
+) -> float | None:
+    """Take a turn from a bucket in this process; see AdaptiveLimiter's module notes.
+
+    With `leave`, a caller still waiting gives its turn back and gets None the moment
+    the event is set (a shared limiter back up: turns come from there again)."""
     ticket = limiter.reserve(began, max_wait)
     if ticket is None:
         raise rate_limited(metrics, limiter.retry_after(began))
     try:
         # The turn follows the rate as it is when we wake, so ask again after sleeping.
-        while (wait := limiter.delay(trio.current_time(), ticket)) > 0:  # noqa: ASYNC110
-            await trio.sleep(wait)
+        while (wait := limiter.delay(trio.current_time(), ticket)) > 0:
+            if leave is None:
+                await trio.sleep(wait)
+                continue
+            with trio.move_on_after(wait):
+                await leave.wait()
+            if leave.is_set():
+                limiter.cancel(trio.current_time(), ticket)
+                return None
     except trio.Cancelled:
         limiter.cancel(trio.current_time(), ticket)
         raise
@@ -116,6 +130,7 @@ class LocalGate:
     async def admit(self, max_wait: float) -> float:
         began = trio.current_time()
         sent_at = await wait_for_turn(self.limiter, max_wait, self._metrics, began)
+        assert sent_at is not None  # nothing to leave for
         self._metrics.rate_limit_wait.labels(self._metrics.variant).observe(sent_at - began)
         return sent_at
 

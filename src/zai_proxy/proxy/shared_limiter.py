@@ -324,6 +324,9 @@ class SharedGate:
         self._client: coredis.Redis[str] | None = None
         self._scripts: dict[str, Any] = {}
         self.up = False
+        # Set when the replica (re)joins: local waiters move to the shared bucket.
+        self._back = trio.Event()
+        self._closing = False
         self._down_since: float | None = None
         self._next_local_window = now + config.window
         self._offset = 0.0
@@ -376,9 +379,20 @@ class SharedGate:
 
     async def admit(self, max_wait: float) -> float:
         began = trio.current_time()
-        sent_at = await self._shared_turn(max_wait) if self.up else None
-        if sent_at is None:
-            sent_at = await wait_for_turn(self.local, max_wait, self._metrics, began)
+        while True:
+            sent_at = await self._shared_turn(max_wait) if self.up else None
+            if sent_at is not None:
+                break
+            # Redis is away: a local turn. If it comes back while this caller waits, the
+            # caller moves to the shared bucket at once, so a local queue does not go on
+            # at its share beside it; once max_wait has passed it stays put.
+            waited = trio.current_time() - began
+            leave = self._back if waited < max_wait else None
+            sent_at = await wait_for_turn(
+                self.local, max(max_wait - waited, 0.0), self._metrics, trio.current_time(), leave
+            )
+            if sent_at is not None:
+                break
         self._metrics.rate_limit_wait.labels(self._metrics.variant).observe(sent_at - began)
         return sent_at
 
@@ -454,11 +468,13 @@ class SharedGate:
             try:
                 async with self._open() as client:
                     self._client = client
+                    self._closing = False
                     try:
                         await self._beat_once(first=True)
                         task_status.started()
                         await self._beat_forever()
                     finally:
+                        self._closing = True
                         self._client = None
                         with trio.CancelScope(shield=True):
                             await self._leave()
@@ -655,7 +671,10 @@ class SharedGate:
     ) -> Any:
         """Run one script with a deadline; None (and the fallback) if Redis failed."""
         client = self._client
-        if client is None:
+        if client is None or self._closing:
+            # No client (it failed, or the proxy is stopping): local turns until a beat
+            # gets through again.
+            self._fall_back(f"{script}: no client", quiet=self._closing)
             return None
         try:
             # coredis times the read out itself (stream_timeout); this deadline also
@@ -671,17 +690,20 @@ class SharedGate:
             self._fall_back(f"{script}: {problem}")
         return None
 
-    def _fall_back(self, problem: str) -> None:
+    def _fall_back(self, problem: str, *, quiet: bool = False) -> None:
         if not self.up and self._down_since is not None:
             return
         now = trio.current_time()
         self.up = False
+        self._back = trio.Event()
         self.judge = False
         self._mirror = None
         self._down_since = now
         self._sends = []
         self._answers = []
         self._next_local_window = now + self._config.window
+        if quiet:
+            return
         log.warning(
             "rate limit backend unavailable; using a local bucket at this replica's share",
             extra={
@@ -694,6 +716,7 @@ class SharedGate:
     def _rejoin(self, first: bool) -> None:
         now = trio.current_time()
         self.up = True
+        self._back.set()
         if first and self._down_since is None:
             log.info(
                 "sharing the rate limit",
