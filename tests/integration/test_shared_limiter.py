@@ -132,6 +132,37 @@ async def redis_field(redis: RedisServer, key: str, field: str) -> str:
     return result.stdout.decode().strip()
 
 
+async def test_a_rate_cut_holds_back_callers_already_queued(
+    nursery: trio.Nursery, redis_server: RedisServer
+) -> None:
+    # 30 callers queue at 40/s (turns 25 ms apart, the last 0.75 s away); at 0.2 s the
+    # rate is cut to 10/s. Those still queued follow the cut, however short their wait.
+    gate = new_gate(settings_for(redis_server, RATE_LIMIT_INITIAL="40"))
+    await nursery.start(gate.run)
+    sent: list[float] = []
+
+    async def caller() -> None:
+        sent.append(await gate.admit(30.0))
+
+    began = trio.current_time()
+    async with trio.open_nursery() as callers:
+        for _ in range(30):
+            callers.start_soon(caller)
+        await trio.sleep(0.2)
+        # What the judge's publish does to the bucket.
+        bucket = f"zai-proxy:{{{gate.namespace}}}:bucket"
+        await trio.run_process(
+            ["redis-cli", "-p", str(redis_server.port), "HSET", bucket, "rate", "10"],
+            capture_stdout=True,
+        )
+        cut = trio.current_time()
+    after = [t for t in sent if t > cut]
+    in_first_second = sum(1 for t in after if t <= cut + 1.0)
+    # At 10/s about 10 go in the second after the cut (at 40/s all ~22 left would).
+    assert in_first_second <= 12, (in_first_second, [round(t - began, 3) for t in sent])
+    assert max(sent) - cut >= 1.5
+
+
 async def test_a_caller_that_gives_up_gives_its_turn_back(
     nursery: trio.Nursery, redis_server: RedisServer
 ) -> None:

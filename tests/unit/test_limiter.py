@@ -1248,3 +1248,20 @@ def test_follow_ends_a_probe() -> None:
     assert lim.probing
     lim.follow(21.0, 4.0, 9.0)
     assert lim.probing is False and lim.rate == 4.0
+
+
+def test_count_send_leaves_out_sends_from_before_the_rate_changed() -> None:
+    # A judge learns of sends in batches: those made before its last decision went at
+    # the old rate and do not count in the window that decision started.
+    lim = limiter(min_answers=10)
+    throttled_to_ceiling_9(lim)
+    changed = lim.learned().changed_at
+    for k in range(30):
+        lim.count_send(changed - 3.0 + k * 0.1)  # all before the change: left out
+    for k in range(60):
+        lim.count_send(changed + k * 0.1)
+    answer(lim, changed + 6.0, ok=40, throttled=20)
+    decision = lim.adjust(changed + 6.0)
+    assert decision is not None and decision.reason == "throttled"
+    # Admitted: (60 sends - 20 refused) / 6 s. Counting the early 30 would read 11.7/s.
+    assert decision.observed == pytest.approx(40 / 6)

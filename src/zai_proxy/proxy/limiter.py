@@ -425,7 +425,11 @@ class AdaptiveLimiter:
         """Count one attempt let through by a bucket other than this one's.
 
         A shared limiter's judge feeds every replica's sends here (and their answers to
-        record()), so the window statistics are the same as if one bucket had sent them."""
+        record()), so the window statistics are the same as if one bucket had sent them.
+        Sends reach it late, in batches: one made before the rate last changed went at
+        the old rate and is left out of the new window, as its answer will be."""
+        if now < self._changed_at:
+            return
         now = self._advance(now)
         self._touch_window(now)
         self._count_send(now)

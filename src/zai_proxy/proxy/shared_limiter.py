@@ -14,8 +14,9 @@ SharedGate.run
        AdaptiveLimiter, judge the window when it ends, publish the result
 ```
 The request path costs one round trip (`_GRANT`, atomic on the server) for a turn that
-comes within RECHECK; a longer wait asks again every RECHECK (`_TURN`), so a rate cut
-holds back those already queued, as in the local limiter. Sends and answers are stamped
+is due at once; a caller that must wait asks again when it wakes, and at least every
+RECHECK (`_TURN`), so a rate cut holds back those already queued, as in the local
+limiter. Sends and answers are stamped
 in Redis' clock (each replica knows its offset from the heartbeat) and pushed in
 batches, so the judge sees every replica's traffic as if one bucket had sent it.
 
@@ -49,7 +50,7 @@ import os
 import secrets
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -406,11 +407,11 @@ class SharedGate:
         if number == 0:
             raise rate_limited(self._metrics, wait)
         try:
+            # As in the local limiter, the turn follows the rate as it is when we wake: a
+            # cut published meanwhile holds back everyone already queued. So a caller
+            # that had to wait asks again, however short the wait.
             while wait > 0:
-                if wait <= self._config.recheck:
-                    await trio.sleep(wait)
-                    break
-                await trio.sleep(self._config.recheck)
+                await trio.sleep(min(wait, self._config.recheck))
                 turn = await self._call("turn", [self._bucket], [str(number), *bucket_args])
                 if turn is None or float(turn) < 0:
                     return None
@@ -631,8 +632,14 @@ class SharedGate:
                 adjustments.append(decision)
         for decision in adjustments:
             report_adjustment(self._metrics, decision)
-        if adjustments or publish:
-            await self._publish(mirror.learned(), epoch)
+        if not adjustments and not publish:
+            return
+        old = self._shared_rate
+        if await self._publish(mirror.learned(), epoch) and mirror.rate != old:
+            # The bucket's rate changed only now, a round trip after the decision: what
+            # was sent until now went at the old rate and must not count against the new.
+            published = trio.current_time() + self._offset
+            mirror.restore(published, replace(mirror.learned(), changed_at=published))
 
     def _events_in(self, batches: Sequence[str]) -> list[tuple[float, str, float, int]]:
         """Every replica's events since the takeover, in time order."""
@@ -647,7 +654,7 @@ class SharedGate:
         events.sort()
         return [event for event in events if event[0] >= self._took_over]
 
-    async def _publish(self, learned: Learned, epoch: str) -> None:
+    async def _publish(self, learned: Learned, epoch: str) -> bool:
         reply = await self._call(
             "publish",
             [self._bucket, self._state, self._lease],
@@ -657,9 +664,11 @@ class SharedGate:
             self._shared_rate = learned.rate
             self._shared_ceiling = learned.ceiling
             self._last_learned = learned
-        elif reply is not None:
+            return True
+        if reply is not None:
             # Lost the lease or a reset came in between: start again next beat.
             self._mirror = None
+        return False
 
     # -- the backend ------------------------------------------------------------------------
 
