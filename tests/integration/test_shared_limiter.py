@@ -117,9 +117,10 @@ async def test_the_grant_is_atomic_and_paces_every_replica_together(
     # separate buckets would have taken a third of that.
     sent.sort()
     assert sent[-1] - began >= 479 / 50 * 0.97
-    # And evenly: no second holds more than the rate (plus the one-token burst).
-    for k in range(len(sent) - 51):
-        assert sent[k + 51] - sent[k] >= 1.0 * 0.97, k
+    # And no turn before its token: the k-th send comes (k - 1) / 50 s after the first
+    # grant at the earliest, however the callers' wake-ups bunch up.
+    for k, at in enumerate(sent):
+        assert at - began >= k / 50 * 0.97, (k, at - began)
     # Every ticket was handed out once: the bucket counted exactly 480.
     issued = await redis_field(redis_server, f"zai-proxy:{{{gates[0].namespace}}}:bucket", "issued")
     assert issued == "480"
