@@ -12,21 +12,11 @@
 #     --build-arg BUILD_TIME=$(date -u +%Y-%m-%dT%H:%M:%SZ) \
 #     -t zai-proxy:dev .
 #
-# Stages: `assets` fetches the page's vendored chart library with npm, `build` turns the
-# source into a wheel and installs it into a virtualenv, `runtime` gets that virtualenv
-# and nothing else (no compiler, no node, no pip cache, no source tree).
+# Stages: `build` turns the source and the page (static/, its chart library committed in
+# static/vendor/) into a wheel and installs it into a virtualenv, `runtime` gets that
+# virtualenv and nothing else (no compiler, no pip cache, no source tree).
 
 ARG PYTHON_IMAGE=python:3.11-slim
-ARG NODE_IMAGE=node:20-slim
-
-# --------------------------------------------------------------------------- assets
-FROM ${NODE_IMAGE} AS assets
-WORKDIR /src
-COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund --ignore-scripts
-# What `make assets` does: only the two built files of uPlot go into the wheel.
-RUN mkdir -p /assets/vendor \
- && cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css /assets/vendor/
 
 # --------------------------------------------------------------------------- build
 FROM ${PYTHON_IMAGE} AS build
@@ -35,12 +25,13 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-COPY --from=assets /assets/vendor/ ./src/zai_proxy/static/vendor/
+COPY static ./static
 RUN python -m pip wheel --no-deps --wheel-dir /dist . \
  && python -m venv /opt/venv \
  && /opt/venv/bin/pip install /dist/*.whl \
  && /opt/venv/bin/pip uninstall --yes pip setuptools wheel \
- && /opt/venv/bin/python -c "import zoneinfo, tiktoken, zai_proxy; zoneinfo.ZoneInfo('America/New_York')"
+ && /opt/venv/bin/python -c "import zoneinfo, tiktoken, zai_proxy; zoneinfo.ZoneInfo('America/New_York')" \
+ && /opt/venv/bin/python -c "from zai_proxy.dashboard import STATIC_DIR; assert (STATIC_DIR / 'vendor' / 'uPlot.iife.min.js').is_file(), STATIC_DIR"
 
 # --------------------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime

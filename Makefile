@@ -6,12 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MUTATE_STAMP := $(VENV)/.installed-mutate
 
-# The page's chart library comes from the npm registry (package-lock.json pins it) and
-# is copied next to the page; the copy is not committed.
-VENDOR := src/zai_proxy/static/vendor
-ASSETS := $(VENDOR)/uPlot.iife.min.js $(VENDOR)/uPlot.min.css
+# The page's chart library is committed in static/vendor/; package-lock.json pins the
+# version it must be, byte for byte (tests/unit/test_vendor.py checks).
+VENDOR := static/vendor
 
-.PHONY: test demo lint typecheck bench bench-perf mutate clean assets
+.PHONY: test demo lint typecheck bench bench-perf mutate clean vendor
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,19 +23,18 @@ $(MUTATE_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,mutate]'
 	touch $(MUTATE_STAMP)
 
-$(ASSETS) &: package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
-	mkdir -p $(VENDOR)
+# After changing uplot's version in package.json: `make vendor` updates the lockfile and
+# copies the two built files in, to be committed together.
+vendor:
+	npm install --no-audit --no-fund --loglevel=error
 	cp node_modules/uplot/dist/uPlot.iife.min.js node_modules/uplot/dist/uPlot.min.css $(VENDOR)/
 
-assets: $(ASSETS)
-
-test: $(STAMP) $(ASSETS)
+test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
-demo: $(STAMP) $(ASSETS)
+demo: $(STAMP)
 	$(BIN)/zai-proxy demo
 
 lint: $(STAMP)
@@ -65,4 +63,4 @@ mutate: $(MUTATE_STAMP)
 	$(BIN)/python bench/mutate.py $(MUTATE_ARGS)
 
 clean:
-	rm -rf $(VENV) bench/.venv-litellm mutants .pytest_cache .mypy_cache .ruff_cache test-artifacts node_modules $(VENDOR)
+	rm -rf $(VENV) bench/.venv-litellm mutants .pytest_cache .mypy_cache .ruff_cache test-artifacts node_modules

@@ -28,6 +28,7 @@ PROXY_VARIABLES = {
     "LISTEN_ADDR": "address to listen on, HOST:PORT or :PORT (default :8080)",
     "DEPLOYMENT_VARIANT": "production or canary: the `variant` label of every metric",
     "MAX_WORKERS": "requests in flight before new ones get 503 (default 10)",
+    "MAX_WEBSOCKETS": "WebSocket sessions open before new upgrades get 503 (default 100)",
     "MAX_RETRIES": "extra attempts after a retryable failure (default 3)",
     "RETRY_BACKOFF_BASE": "first retry delay; doubles each retry (default 1s)",
     "RETRY_AFTER_CAP": "longest upstream Retry-After honoured (default 60s)",

@@ -11,7 +11,8 @@ run_until_signalled
    │  ├─ proxy `canary`      (DEPLOYMENT_VARIANT=canary)
    │  ├─ dashboard scraping every proxy (a variant's figures summed over its replicas)
    │  └─ agents nursery: simulated agents (~70 % production, spread evenly over its
-   │                     replicas; 30 % canary)
+   │                     replicas; 30 % canary), and one more agent in Realtime
+   │                     (WebSocket) sessions
    └─ shutdown watchdog (only after stop)
 ```
 Stop (first SIGINT/SIGTERM, or `--duration` elapsed): the agents are cancelled, the
@@ -70,6 +71,8 @@ DEMO_KEY = "sk-zai-demo-not-a-real-key"
 SCHEDULE_STEP = 120.0
 SHUTDOWN_TIMEOUT = 5.0
 MAX_REPLICAS = 16
+# Agents in Realtime API (WebSocket) sessions, besides the HTTP ones.
+REALTIME_AGENTS = 1
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -252,7 +255,8 @@ def _banner(
         )
         spread = f" over {len(production)} replicas" if len(production) > 1 else ""
         lines.append(
-            f"  simulated agents:     {agents} (70 % production{spread}, 30 % canary)"
+            f"  simulated agents:     {agents} (70 % production{spread}, 30 % canary), "
+            f"and {REALTIME_AGENTS} in Realtime WebSocket sessions"
             if agents
             else "  simulated agents:     none (--no-agents)"
         )
@@ -398,6 +402,7 @@ async def _run(
                                 + [Target("canary", canary.url, 0.3)],
                                 agents=agent_count,
                                 concurrency=max(4, agent_count * 2),
+                                realtime=REALTIME_AGENTS,
                             )
                             await agents.start(pool.run)
                         duration = math.inf if args.duration is None else float(args.duration)
@@ -411,7 +416,9 @@ async def _run(
                     s = pool.stats
                     print(
                         f"agents sent {s.sent} requests: {s.ok} ok, {s.rate_limited} got 429, "
-                        f"{s.overloaded} got 503, {s.failed} failed",
+                        f"{s.overloaded} got 503, {s.failed} failed; "
+                        f"{s.realtime_opened} realtime sessions, "
+                        f"{s.realtime_responses} realtime responses",
                         flush=True,
                     )
                 print("demo stopped", flush=True)

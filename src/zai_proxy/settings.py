@@ -272,6 +272,8 @@ class ProxySettings:
     listen_port: int = 8080
     variant: str = "production"
     max_workers: int = 10
+    max_websockets: int = 100
+    """WebSocket sessions open at once (their own cap, apart from MAX_WORKERS); 0: none."""
     max_retries: int = 3
     retry_backoff_base: float = 1.0
     retry_after_cap: float = 60.0
@@ -327,6 +329,7 @@ class ProxySettings:
             listen_port=port,
             variant=read.choice("DEPLOYMENT_VARIANT", "production", VARIANTS),
             max_workers=read.integer("MAX_WORKERS", 10, minimum=1, maximum=100_000),
+            max_websockets=read.integer("MAX_WEBSOCKETS", 100, minimum=0, maximum=100_000),
             max_retries=read.integer("MAX_RETRIES", 3, minimum=0, maximum=20),
             retry_backoff_base=read.duration("RETRY_BACKOFF_BASE", "1s"),
             retry_after_cap=read.duration("RETRY_AFTER_CAP", "60s"),

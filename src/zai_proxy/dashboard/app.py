@@ -7,7 +7,7 @@ GET /api/status                      latest snapshot per variant, targets (pods 
 GET /api/config                      scrape interval and targets (userinfo removed)
 GET /healthz                         liveness
 GET /metrics                         the dashboard's own health, zai_dashboard_*
-GET /  and  /static/<path>           the page, from the package's static/ directory
+GET /  and  /static/<path>           the page, from the installed package zai_proxy.static
 ```
 `range` defaults to 1h (what the page shows first) and `variant` to all.  A bad
 parameter (unknown value, or given twice) is a 400 whose JSON names the allowed values
@@ -18,6 +18,7 @@ is ever read as HTML.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import mimetypes
 import time
@@ -49,6 +50,18 @@ __all__ = [
     "create_app",
 ]
 
+
+def _find_static_dir() -> Path:
+    """The page's directory: the package zai_proxy.static, which pyproject.toml maps from
+    the repository's static/ (a wheel holds a copy, an editable install points at the
+    checkout).  Found without importing it; from a checkout run with PYTHONPATH=src
+    (nothing installed), the checkout's static/."""
+    spec = importlib.util.find_spec("zai_proxy.static")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parents[3] / "static"
+
+
 RANGES: dict[str, float] = {
     "5m": 300.0,
     "15m": 900.0,
@@ -59,7 +72,7 @@ RANGES: dict[str, float] = {
 }
 DEFAULT_RANGE = "1h"
 VARIANT_CHOICES = (*VARIANTS, "all")
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = _find_static_dir()
 # How much of a bad parameter's value a 400 quotes back: enough to see the mistake.
 ECHO_LIMIT = 64
 # The last write of an answer, which also closes a `Connection: close` connection.

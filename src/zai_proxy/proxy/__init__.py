@@ -55,9 +55,12 @@ from .limiter_loop import (
 from .metrics import (
     METHODS,
     MODEL_LABEL_CAP,
+    WEBSOCKET_CLOSE_CODES,
+    WEBSOCKET_DIRECTIONS,
     LiveState,
     ModelLabels,
     ProxyMetrics,
+    close_code_label,
     method_label,
 )
 from .paths import (
@@ -74,6 +77,12 @@ from .paths import (
 from .rate_gate import (
     LocalGate,
     RateGate,
+)
+from .realtime import (
+    MAX_EVENT_CHARS,
+    RealtimeEvents,
+    model_from_query,
+    realtime_usage,
 )
 from .server import (
     RunningProxy,
@@ -121,6 +130,12 @@ from .usage import (
     usage_from_answer,
     usage_from_json,
 )
+from .websocket import (
+    CLOSE_TIMEOUT,
+    MAX_MESSAGE_BYTES,
+    WebSocketRelay,
+    message_cap,
+)
 from .wire import (
     error_answer,
     error_body,
@@ -131,6 +146,17 @@ from .wire import (
 
 __all__ = [
     "ACCEPT_ENCODING",
+    "CLOSE_TIMEOUT",
+    "MAX_EVENT_CHARS",
+    "MAX_MESSAGE_BYTES",
+    "WEBSOCKET_CLOSE_CODES",
+    "WEBSOCKET_DIRECTIONS",
+    "RealtimeEvents",
+    "WebSocketRelay",
+    "close_code_label",
+    "message_cap",
+    "model_from_query",
+    "realtime_usage",
     "PARTIAL_EVENT_LIMIT",
     "WholeEvents",
     "IDEMPOTENT_METHODS",

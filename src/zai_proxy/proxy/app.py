@@ -3,15 +3,16 @@
 Two parts: a small QuartTrio app answers the proxy's own endpoints (`/health`,
 `/healthz`, `/metrics`, `/admin/reset-rate-limit`) and owns the lifespan; every other
 request goes to `ProxyApp._proxy`, a plain ASGI handler, so nothing between the socket and
-the upstream rewrites the path, buffers the response or adds latency.
+the upstream rewrites the path, buffers the response or adds latency.  A WebSocket
+upgrade on any other path goes to the `WebSocketRelay` (websocket.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +33,7 @@ from ..errors import (
 from ..settings import ProxySettings
 from .accounting import Accountant
 from .body import ClientGone, declared_length, drain, extract_model, read_body
-from .exchange import Downstream, Exchange, Outcome
+from .exchange import Downstream, Exchange, Outcome, Receive, Scope, Send
 from .forward import Forwarder
 from .headers import http_date
 from .limiter import AdaptiveLimiter
@@ -44,17 +45,13 @@ from .shared_limiter import SharedGate, Timing
 from .tokenizer import TokenCounter
 from .upstream import UpstreamTransport
 from .upstream_errors import Phase, upstream_errors
+from .websocket import WebSocketRelay
 from .wire import error_answer, error_body, throttled_answer
 
 __all__ = ["ProxyApp", "create_app", "make_gate"]
 
 log = logging.getLogger("zai_proxy.proxy")
 access_log = logging.getLogger("zai_proxy.access")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 _OWN_PATHS = frozenset({"/health", "/healthz", "/metrics", "/admin/reset-rate-limit"})
 
@@ -72,7 +69,9 @@ def make_gate(settings: ProxySettings, metrics: ProxyMetrics) -> RateGate:
 class ProxyApp:
     """ASGI callable: own endpoints to Quart, everything else forwarded upstream."""
 
-    def __init__(self, settings: ProxySettings) -> None:
+    def __init__(self, settings: ProxySettings, *, stopping: trio.Event | None = None) -> None:
+        """`stopping`: set when the server begins its graceful stop (WebSocket sessions
+        then close with 1001 rather than hold the drain up)."""
         self.settings = settings
         self.target = Target.parse(settings.target_url)
         self._origin = httpx.URL(self.target.origin)
@@ -97,6 +96,14 @@ class ProxyApp:
         )
         self.client: httpx.AsyncClient | None = None
         self.forwarder: Forwarder | None = None
+        self.websockets = WebSocketRelay(
+            settings=settings,
+            target=self.target,
+            gate=self.limiter,
+            metrics=self.metrics,
+            accountant=self.accountant,
+            stopping=stopping if stopping is not None else trio.Event(),
+        )
         self.control = self._control_app()
 
     # -- lifespan -------------------------------------------------------------------------
@@ -136,7 +143,11 @@ class ProxyApp:
                 await self.client.aclose()
 
     def _live_state(self) -> LiveState:
-        return self.limiter.live(self.in_flight, self.settings.max_workers)
+        return dataclasses.replace(
+            self.limiter.live(self.in_flight, self.settings.max_workers),
+            websocket_sessions=self.websockets.open,
+            max_websockets=self.settings.max_websockets,
+        )
 
     # -- own endpoints --------------------------------------------------------------------
 
@@ -203,8 +214,20 @@ class ProxyApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in _OWN_PATHS:
             await self._proxy(scope, receive, send)
+        elif scope["type"] == "websocket" and scope["path"] not in _OWN_PATHS:
+            await self._websocket(scope, receive, send)
         else:
             await self.control(scope, receive, send)  # type: ignore[arg-type]
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.active += 1
+        try:
+            headers: list[tuple[bytes, bytes]] = [
+                (name.lower(), value) for name, value in scope["headers"]
+            ]
+            await self.websockets.serve(scope, receive, send, _request_id(headers))
+        finally:
+            self.active -= 1
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.active += 1

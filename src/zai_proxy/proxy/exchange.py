@@ -7,15 +7,22 @@ the one way an answer is written back to the client.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
 from .paths import IDEMPOTENT_METHODS, JSON_ROUTES, ApiStyle
 from .usage import Usage
 
-__all__ = ["Downstream", "Exchange", "Outcome"]
+__all__ = ["Downstream", "Exchange", "Message", "Outcome", "Receive", "Scope", "Send"]
+
+# The ASGI interface, as the app and the WebSocket relay see it.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 
 @dataclass(slots=True)

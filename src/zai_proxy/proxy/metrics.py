@@ -14,7 +14,13 @@ Two labels need a word:
   reasons count what caused it.  So `reason!="retry"` sums to `reason="retry"`.
 - `zai_proxy_rate_limit_rejections_total` adds `reason`: `rate_limit` (the limiter's
   wait would exceed RATE_LIMIT_MAX_WAIT, answered 429) or `capacity` (all MAX_WORKERS busy,
-  answered 503).
+  or all MAX_WEBSOCKETS sessions, answered 503).
+
+WebSocket sessions (websocket.py) have their own: `zai_proxy_websocket_sessions_open` and
+`zai_proxy_max_websockets` (read when scraped), `zai_proxy_websocket_sessions_total
+{close_code}` (the code that ended the session: one of `WEBSOCKET_CLOSE_CODES`, else
+"other"), and `zai_proxy_websocket_messages_total` / `_bytes_total{direction}`, where
+`upstream` is what clients sent towards the upstream and `downstream` what came back.
 """
 
 from __future__ import annotations
@@ -29,7 +35,17 @@ from prometheus_client.registry import Collector
 from .. import __version__
 from .paths import ROUTES
 
-__all__ = ["METHODS", "MODEL_LABEL_CAP", "LiveState", "ModelLabels", "ProxyMetrics", "method_label"]
+__all__ = [
+    "METHODS",
+    "MODEL_LABEL_CAP",
+    "WEBSOCKET_CLOSE_CODES",
+    "WEBSOCKET_DIRECTIONS",
+    "LiveState",
+    "ModelLabels",
+    "ProxyMetrics",
+    "close_code_label",
+    "method_label",
+]
 
 # `_created` series double the exposition for no use on our dashboards or alerts.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -90,6 +106,12 @@ UPSTREAM_ERROR_TYPES = (
 )
 ADJUST_DIRECTIONS = ("increase", "decrease", "probe")
 REJECTION_REASONS = ("rate_limit", "capacity")
+WEBSOCKET_DIRECTIONS = ("upstream", "downstream")
+# The close codes RFC 6455 and IANA's registry define, each its own label; the
+# application ranges (3000-4999) are "other", so the label stays bounded.
+WEBSOCKET_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 1015}
+)
 
 
 # The `method` label: the methods an HTTP API uses; anything else a caller invents is
@@ -99,6 +121,10 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 def method_label(method: str) -> str:
     return method if method in METHODS else "other"
+
+
+def close_code_label(code: int) -> str:
+    return str(code) if code in WEBSOCKET_CLOSE_CODES else "other"
 
 
 class ModelLabels:
@@ -137,6 +163,9 @@ class LiveState:
     """Proxies live on the shared limiter, as this one last saw them."""
     rate_limit_judge: bool = True
     """Whether this replica judges the limiter's windows (holds the lease)."""
+    websocket_sessions: int = 0
+    """WebSocket sessions open or being opened (each holds one of MAX_WEBSOCKETS)."""
+    max_websockets: int = 0
 
 
 class _LiveCollector(Collector):
@@ -196,6 +225,16 @@ class _LiveCollector(Collector):
             "zai_proxy_rate_limit_judge",
             "1 on the replica that judges the limiter's windows.",
             1.0 if state.rate_limit_judge else 0.0,
+        )
+        yield gauge(
+            "zai_proxy_websocket_sessions_open",
+            "WebSocket sessions open now (or being opened).",
+            state.websocket_sessions,
+        )
+        yield gauge(
+            "zai_proxy_max_websockets",
+            "Maximum concurrent WebSocket sessions (MAX_WEBSOCKETS).",
+            state.max_websockets,
         )
 
 
@@ -319,6 +358,24 @@ class ProxyMetrics:
             ["error_type", "variant"],
             registry=r,
         )
+        self.websocket_sessions = Counter(
+            "zai_proxy_websocket_sessions",
+            "WebSocket sessions ended, by the close code that ended them.",
+            ["close_code", "variant"],
+            registry=r,
+        )
+        self.websocket_messages = Counter(
+            "zai_proxy_websocket_messages",
+            "WebSocket messages relayed: upstream (client to upstream) or downstream.",
+            ["direction", "variant"],
+            registry=r,
+        )
+        self.websocket_bytes = Counter(
+            "zai_proxy_websocket_bytes",
+            "WebSocket message payload bytes relayed (text as UTF-8), by direction.",
+            ["direction", "variant"],
+            registry=r,
+        )
         self.task_restarts = Counter(
             "zai_proxy_task_restarts",
             "Background tasks restarted by the supervisor after a crash.",
@@ -344,6 +401,10 @@ class ProxyMetrics:
             self.retry_attempts.labels(reason, v)
         for error_type in UPSTREAM_ERROR_TYPES:
             self.upstream_errors.labels(error_type, v)
+        for direction in WEBSOCKET_DIRECTIONS:
+            self.websocket_messages.labels(direction, v)
+            self.websocket_bytes.labels(direction, v)
+        self.websocket_sessions.labels("1000", v)
         self.token_count_duration.labels(v)
         self.rate_limit_wait.labels(v)
         for route in ROUTES[:1]:
@@ -386,3 +447,6 @@ class ProxyMetrics:
 
     def rejection(self, reason: str) -> None:
         self.rate_limit_rejections.labels(self.variant, reason).inc()
+
+    def websocket_ended(self, close_code: int) -> None:
+        self.websocket_sessions.labels(close_code_label(close_code), self.variant).inc()

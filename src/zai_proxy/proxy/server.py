@@ -12,6 +12,7 @@ from ..serving import Listening, hypercorn_config, serve_asgi
 from ..settings import ProxySettings
 from ..supervisor import supervised
 from .app import ProxyApp
+from .websocket import message_cap
 
 __all__ = ["RunningProxy", "serve_proxy"]
 
@@ -35,7 +36,7 @@ async def serve_proxy(
     task_status: trio.TaskStatus[RunningProxy] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `stop` is set, then drain in-flight requests up to SHUTDOWN_TIMEOUT."""
-    app = ProxyApp(settings)
+    app = ProxyApp(settings, stopping=stop)
     # The proxy passes the upstream's Date on and dates its own answers
     # (headers.http_date): hypercorn's would make two Date headers on forwarded ones.
     config = hypercorn_config(
@@ -45,6 +46,8 @@ async def serve_proxy(
         date_header=False,
         write_timeout=settings.client_write_timeout,
     )
+    # A client's WebSocket message over the cap closes it with 1009 (websocket.py).
+    config.websocket_max_message_size = message_cap(settings)
 
     def crashed(name: str) -> None:
         app.metrics.task_restarts.labels(name, app.metrics.variant).inc()

@@ -9,12 +9,19 @@ targets (picked by weight, e.g. 70 % production / 30 % canary) with httpx:
 - some agents are bursty: a handful of requests at once, then a pause;
 - a 429 is honoured by sleeping its Retry-After (capped), a 503 by a short pause.
 
+With `realtime=N`, N more agents hold Realtime API sessions (a WebSocket to
+`/v1/realtime` through the proxy, trio-websocket): a few turns of
+`conversation.item.create` + `response.create`, each read to its `response.done`, then a
+clean close (1000) and a new session after a pause. A refused handshake is honoured as
+an HTTP answer would be.
+
 Concurrency is bounded by one `trio.CapacityLimiter` across the pool; the pool stops
 through cancellation only (`AgentPool.run` never returns by itself).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections import Counter
@@ -24,6 +31,13 @@ from typing import Any
 
 import httpx
 import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
 
 __all__ = [
     "PROFILES",
@@ -32,6 +46,7 @@ __all__ = [
     "AgentStats",
     "Target",
     "build_request",
+    "realtime_url",
     "retry_after_seconds",
 ]
 
@@ -43,6 +58,7 @@ _WORDS = (
 ).split()
 _MODELS = ("glm-4.6", "glm-4.5", "glm-4.5-air")
 RETRY_AFTER_CAP = 10.0
+REALTIME_MODEL = "glm-realtime"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +99,10 @@ class AgentStats:
     overloaded: int = 0
     failed: int = 0
     by_target: Counter[str] = field(default_factory=Counter)
+    realtime_sessions: int = 0
+    """Realtime sessions attempted (each also counted in `by_target`)."""
+    realtime_opened: int = 0
+    realtime_responses: int = 0
 
 
 def _words(rng: random.Random, count: int) -> str:
@@ -116,6 +136,13 @@ def build_request(rng: random.Random, profile: AgentProfile, agent: int = 0) -> 
     return body
 
 
+def realtime_url(base: str) -> str:
+    """The Realtime endpoint under a proxy base URL, as a ws:// (or wss://) URL."""
+    scheme, sep, rest = base.rstrip("/").partition("://")
+    ws = {"http": "ws", "https": "wss"}.get(scheme, scheme)
+    return f"{ws}{sep}{rest}/v1/realtime?model={REALTIME_MODEL}"
+
+
 def retry_after_seconds(value: str | None, default: float = 1.0) -> float:
     """Seconds to wait for a Retry-After header (delta-seconds only), capped."""
     if value is None:
@@ -141,17 +168,19 @@ class AgentPool:
         seed: int = 0,
         api_key: str = "sk-demo-agent",
         timeout: float = 60.0,
+        realtime: int = 0,
     ) -> None:
         if not targets or any(t.weight < 0 for t in targets) or sum(t.weight for t in targets) <= 0:
             raise ValueError("targets need a positive total weight")
-        if agents < 0:
-            raise ValueError("agents must be >= 0")
+        if agents < 0 or realtime < 0:
+            raise ValueError("agents and realtime must be >= 0")
         self.targets = tuple(targets)
         self.agents = agents
         self.concurrency = concurrency or max(1, agents)
         self.seed = seed
         self.api_key = api_key
         self.timeout = timeout
+        self.realtime = realtime
         self.stats = AgentStats()
         self._limit = trio.CapacityLimiter(self.concurrency)
 
@@ -172,6 +201,8 @@ class AgentPool:
                 for index in range(self.agents):
                     profile = PROFILES[index % len(PROFILES)]
                     nursery.start_soon(self._agent, client, index, profile)
+                for index in range(self.realtime):
+                    nursery.start_soon(self._realtime_agent, index)
                 task_status.started()
 
     async def _agent(self, client: httpx.AsyncClient, index: int, profile: AgentProfile) -> None:
@@ -229,3 +260,65 @@ class AgentPool:
             return 0.5
         self.stats.ok += 1
         return 0.0
+
+    async def _realtime_agent(self, index: int) -> None:
+        rng = random.Random(self.seed * 1000 + 500 + index)
+        await trio.sleep(rng.uniform(0, 1.0))
+        while True:
+            pause = await self._realtime_session(rng, index)
+            await trio.sleep(pause)
+
+    async def _realtime_session(self, rng: random.Random, index: int) -> float:
+        """One session of a few turns; return how long to wait before the next."""
+        target = self.pick(rng)
+        self.stats.realtime_sessions += 1
+        self.stats.by_target[target.name] += 1
+        headers = [
+            (b"authorization", f"Bearer {self.api_key}".encode()),
+            (b"user-agent", f"zai-proxy-demo-agent/realtime-{index}".encode()),
+        ]
+        try:
+            async with open_websocket_url(
+                realtime_url(target.url),
+                subprotocols=["realtime"],
+                extra_headers=headers,
+                connect_timeout=self.timeout,
+                disconnect_timeout=5.0,
+            ) as ws:
+                self.stats.realtime_opened += 1
+                for _ in range(rng.randint(3, 8)):
+                    with trio.fail_after(self.timeout):
+                        await self._realtime_turn(ws, rng)
+                    self.stats.realtime_responses += 1
+                    await trio.sleep(rng.uniform(0.5, 2.0))
+        except ConnectionRejected as refused:
+            retry_after = next(
+                (v.decode("latin-1") for k, v in refused.headers if k.lower() == b"retry-after"),
+                None,
+            )
+            if refused.status_code == 429:
+                self.stats.rate_limited += 1
+                return retry_after_seconds(retry_after)
+            if refused.status_code == 503:
+                self.stats.overloaded += 1
+                return rng.uniform(0.3, 1.0)
+            self.stats.failed += 1
+            return 1.0
+        except (HandshakeError, ConnectionClosed, trio.TooSlowError, OSError) as exc:
+            self.stats.failed += 1
+            log.debug("realtime session failed", extra={"agent": index, "error": repr(exc)})
+            return 1.0
+        return rng.uniform(0.5, 2.0)
+
+    async def _realtime_turn(self, ws: WebSocketConnection, rng: random.Random) -> None:
+        item = {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": _words(rng, rng.randint(5, 60))}],
+        }
+        await ws.send_message(json.dumps({"type": "conversation.item.create", "item": item}))
+        await ws.send_message(json.dumps({"type": "response.create"}))
+        while True:
+            message = await ws.get_message()
+            if isinstance(message, str) and '"response.done"' in message:
+                return

@@ -1,5 +1,15 @@
 """A simulated upstream LLM API (Anthropic Messages and OpenAI chat), faults included.
 
+It also serves a Realtime API at ``<base>/v1/realtime`` (a WebSocket upgrade, handed to
+trio-websocket): it announces ``session.created``, answers each ``response.create`` with
+a stream of events ending in ``response.done`` with usage, and echoes every other
+message. Test hooks, sent as text: ``{"type": "sim.close", "code": N, "reason": R}``,
+``sim.drop`` (gone without a close frame), ``sim.stall`` (stops reading),
+``sim.flood`` (``count`` binary messages of ``size`` bytes, as fast as they go) and
+``sim.ping`` (pings, then answers ``sim.pong``). The handshake takes the scripted faults:
+a status refuses it (Retry-After included), ``hang`` never answers, ``reset`` drops it,
+``slow`` delays it, ``die_mid_stream`` drops the first response after ``after`` events.
+
 It stands in for Z.AI, which tests and the demo cannot reach. It is written on
 trio sockets and h11 rather than a web framework because the faults it must
 play (connection resets, death mid-stream, truncated bodies) need control of
@@ -30,15 +40,18 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import parse_qs
 
 import h11
 import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
 __all__ = [
     "FAULT_HEADER",
     "Fault",
     "FaultKind",
     "Outcome",
+    "RealtimeRecord",
     "RequestRecord",
     "SimUpstream",
     "UpstreamConfig",
@@ -73,6 +86,11 @@ _MAX_HEAD = 64 * 1024
 # (and so stop noticing a disconnect) rather than buffer without bound.
 _MAX_PIPELINED = 256 * 1024
 _MAX_RECORDS = 1000
+# Messages a realtime record keeps (the first ones), for tests to read back.
+_MAX_KEPT_MESSAGES = 100
+REALTIME_ROUTE = "/v1/realtime"
+_REALTIME_MODEL = "glm-realtime"
+_KEY_SUBPROTOCOL = "openai-insecure-api-key."
 _MAX_CACHED_PREFIXES = 4096
 _PING_EVERY = 4
 _CREATED_BASE = 1_750_000_000
@@ -334,6 +352,38 @@ class RequestRecord:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+@dataclass
+class RealtimeRecord:
+    """One Realtime API session as the simulator saw it."""
+
+    target: str
+    headers: list[tuple[str, str]]
+    subprotocols: list[str]
+    """As the client offered them, in order."""
+    received_at: float
+    subprotocol: str | None = None
+    """The one chosen: ``realtime`` when offered, else the first offered."""
+    fault: Fault | None = None
+    status: int | None = None
+    """101, or the status the handshake was refused with."""
+    open: bool = False
+    received: list[str | bytes] = field(default_factory=list)
+    """The first messages the client sent."""
+    messages_received: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    bytes_sent: int = 0
+    flood_sent: int = 0
+    responses: int = 0
+    close: tuple[int, str | None] | None = None
+    """The close code and reason; 1006 when the client went without a close frame."""
+    closed_by: Literal["client", "upstream"] | None = None
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((value for key, value in self.headers if key == name), None)
 
 
 # --------------------------------------------------------------------------- pure cores
@@ -621,6 +671,98 @@ def _models_body() -> dict[str, Any]:
     }
 
 
+def _realtime_usage(prompt: int, cached: int, output: int) -> dict[str, Any]:
+    """A Realtime ``response.done`` usage object: input INCLUDES the cached tokens."""
+    return {
+        "total_tokens": prompt + output,
+        "input_tokens": prompt,
+        "output_tokens": output,
+        "input_token_details": {"cached_tokens": cached, "text_tokens": prompt, "audio_tokens": 0},
+        "output_token_details": {"text_tokens": output, "audio_tokens": 0},
+    }
+
+
+def _offered_subprotocols(headers: Sequence[tuple[str, str]]) -> list[str]:
+    offered: list[str] = []
+    for name, value in headers:
+        if name == "sec-websocket-protocol":
+            offered += [p.strip() for p in value.split(",") if p.strip()]
+    return offered
+
+
+def _chosen_subprotocol(offered: Sequence[str]) -> str | None:
+    """``realtime`` when offered, else the first offered (never a key in disguise)."""
+    usable = [p for p in offered if not p.startswith(_KEY_SUBPROTOCOL)]
+    if "realtime" in usable:
+        return "realtime"
+    return usable[0] if usable else None
+
+
+def _query_model(target: str) -> str | None:
+    values = parse_qs(target.partition("?")[2]).get("model")
+    return values[0] if values else None
+
+
+def _request_head(incoming: _Incoming) -> bytes:
+    """The request head again, as the client sent it (names lower-cased), for a parser
+    that reads it itself."""
+    lines = [f"{incoming.method} {incoming.target} HTTP/1.1"]
+    lines += [f"{name}: {value}" for name, value in incoming.headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _wants_websocket(incoming: _Incoming) -> bool:
+    upgrade = next((v for k, v in incoming.headers if k == "upgrade"), "")
+    return incoming.method == "GET" and "websocket" in upgrade.lower()
+
+
+class _Replay(trio.abc.Stream):
+    """A stream that gives back, first, the bytes already read from it: the request head
+    h11 parsed, so that trio-websocket can read the handshake itself."""
+
+    def __init__(self, stream: trio.SocketStream, head: bytes) -> None:
+        self._stream = stream
+        self._head = head
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._head:
+            size = len(self._head) if max_bytes is None else max_bytes
+            data, self._head = self._head[:size], self._head[size:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+@dataclass
+class _RealtimeState:
+    """One realtime session's conversation, for deterministic answers and usage."""
+
+    model: str
+    text: str = ""
+    cached: int = 0
+    events: int = 0
+    drop_after: int | None = None
+
+    def event(self, kind: str, **fields: object) -> str:
+        self.events += 1
+        return _dumps({"type": kind, "event_id": f"event_sim_{self.events:06d}", **fields}).decode()
+
+
+async def _drop(stream: trio.SocketStream) -> None:
+    # SO_LINGER 0 turns close() into an RST, as a crashed peer would send.
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()
+
+
 # --------------------------------------------------------------------------- replies
 
 
@@ -719,6 +861,10 @@ class SimUpstream:
         # subset of those whose stream had already begun.
         self.client_disconnects = 0
         self.cancelled_streams = 0
+        # Realtime (WebSocket) sessions: every handshake, and those open now.
+        self.realtime: deque[RealtimeRecord] = deque(maxlen=_MAX_RECORDS)
+        self.realtime_sessions = 0
+        self.realtime_open = 0
         self._script: deque[Fault] = deque()
         self._rng = random.Random(self.config.seed)
         self._hidden_limit = self.config.hidden_limit
@@ -821,6 +967,9 @@ class SimUpstream:
                 await self._send_plain(stream, conn, _error_reply("anthropic", 413))
                 return
             if incoming is None:
+                return
+            if _wants_websocket(incoming):
+                await self._realtime(stream, conn, incoming)
                 return
             after = await self._exchange(stream, conn, incoming)
             if after is _After.RESET:
@@ -1035,7 +1184,7 @@ class SimUpstream:
         reply.delay += self.config.latency
         return reply
 
-    def _authorized(self, record: RequestRecord) -> bool:
+    def _authorized(self, record: RequestRecord | RealtimeRecord) -> bool:
         key = self.config.api_key
         if key is None:
             return True
@@ -1181,3 +1330,225 @@ class SimUpstream:
         if len(self._cached_prefixes) > _MAX_CACHED_PREFIXES:
             self._cached_prefixes.popitem(last=False)
         return _Usage(prompt, cache_write=cached)
+
+    # ------------------------------------------------------------ realtime
+
+    def _realtime_plan(self, record: RealtimeRecord) -> _Reply | None:
+        """The refusal a handshake gets (None: accept it); sets the record's fault."""
+        path = record.target.partition("?")[0]
+        if path != self.config.base_path + REALTIME_ROUTE:
+            return _error_reply("openai", 404, f"Not found: {path}")
+        if self._hidden_limit is not None:
+            wait = self._bucket.take(trio.current_time())
+            if wait > 0:
+                self.hidden_limit_hits += 1
+                share = self._rng.random() < self.config.retry_after_share
+                retry_after = str(max(1, math.ceil(wait))) if share else None
+                return _error_reply("openai", 429, retry_after=retry_after)
+        if not self._authorized(record):
+            return _error_reply("openai", 401)
+        spec = record.header(FAULT_HEADER)
+        try:
+            record.fault = Fault.parse(spec) if spec is not None else self._next_fault()
+        except ValueError as exc:
+            return _error_reply("openai", 400, str(exc))
+        if record.fault is not None and record.fault.kind == "status":
+            return _error_reply("openai", record.fault.code, retry_after=record.fault.retry_after)
+        return None
+
+    async def _realtime(
+        self, stream: trio.SocketStream, conn: h11.Connection, incoming: _Incoming
+    ) -> None:
+        self.realtime_sessions += 1
+        offered = _offered_subprotocols(incoming.headers)
+        record = RealtimeRecord(
+            incoming.target,
+            incoming.headers,
+            offered,
+            received_at=trio.current_time(),
+            subprotocol=_chosen_subprotocol(offered),
+        )
+        self.realtime.append(record)
+        self._notify()
+        refusal = self._realtime_plan(record)
+        kind = record.fault.kind if record.fault is not None and refusal is None else None
+        if kind == "hang":
+            # Never answer; notice the client giving up.
+            while await stream.receive_some(_MAX_READ):
+                pass
+            return
+        if kind == "reset":
+            await _drop(stream)
+            return
+        delay = self.config.latency
+        if kind == "slow" and record.fault is not None:
+            delay += record.fault.delay
+        if delay > 0:
+            await trio.sleep(delay)
+        head = _request_head(incoming) + bytes(conn.trailing_data[0])
+        async with trio.open_nursery() as nursery:
+            request = await wrap_server_stream(
+                nursery,
+                _Replay(stream, head),
+                message_queue_size=1,
+                max_message_size=self.config.max_body_bytes,
+            )
+            if refusal is not None:
+                record.status = refusal.status
+                self.status_counts[refusal.status] += 1
+                headers = [(k.encode(), v.encode()) for k, v in refusal.headers]
+                await request.reject(refusal.status, extra_headers=headers, body=refusal.body)
+                self._notify()
+                nursery.cancel_scope.cancel()
+                return
+            session_id = f"sess_sim_{self.realtime_sessions:06d}"
+            ws = await request.accept(
+                subprotocol=record.subprotocol,
+                extra_headers=[(b"x-sim-session", session_id.encode())],
+            )
+            record.status = 101
+            record.open = True
+            self.status_counts[101] += 1
+            self.realtime_open += 1
+            self._notify()
+            state = _RealtimeState(model=_query_model(record.target) or _REALTIME_MODEL)
+            if kind == "die_mid_stream" and record.fault is not None:
+                state.drop_after = record.fault.after
+            try:
+                await self._realtime_session(ws, stream, record, state, session_id)
+            except ConnectionClosed as closed:
+                self._closed_by_client(record, closed)
+            finally:
+                record.open = False
+                self.realtime_open -= 1
+                self._notify()
+            nursery.cancel_scope.cancel()
+
+    def _closed_by_client(self, record: RealtimeRecord, closed: ConnectionClosed) -> None:
+        if record.close is None:
+            reason = closed.reason
+            record.close = (reason.code, reason.reason) if reason is not None else (1006, None)
+            record.closed_by = "client"
+
+    async def _realtime_send(
+        self, ws: WebSocketConnection, record: RealtimeRecord, message: str | bytes
+    ) -> None:
+        await ws.send_message(message)
+        record.messages_sent += 1
+        record.bytes_sent += len(message.encode() if isinstance(message, str) else message)
+
+    async def _realtime_session(
+        self,
+        ws: WebSocketConnection,
+        stream: trio.SocketStream,
+        record: RealtimeRecord,
+        state: _RealtimeState,
+        session_id: str,
+    ) -> None:
+        session = {"id": session_id, "object": "realtime.session", "model": state.model}
+        await self._realtime_send(ws, record, state.event("session.created", session=session))
+        while True:
+            message = await ws.get_message()
+            record.messages_received += 1
+            size = len(message.encode() if isinstance(message, str) else message)
+            record.bytes_received += size
+            if len(record.received) < _MAX_KEPT_MESSAGES:
+                record.received.append(message)
+            self._notify()
+            event = _loads_event(message)
+            kind = event.get("type") if event is not None else None
+            if event is None or not isinstance(kind, str):
+                await self._realtime_send(ws, record, message)  # echo
+            elif kind == "response.create":
+                if not await self._respond(ws, stream, record, state, event):
+                    return
+            elif kind == "conversation.item.create":
+                parts: list[str] = []
+                _walk_text(event.get("item"), "item", parts, [])
+                state.text += " ".join(parts)
+                item = event.get("item")
+                await self._realtime_send(
+                    ws, record, state.event("conversation.item.created", item=item)
+                )
+            elif kind == "sim.close":
+                code = event.get("code", 1000)
+                reason = event.get("reason")
+                record.close = (int(code), reason if isinstance(reason, str) else None)
+                record.closed_by = "upstream"
+                await ws.aclose(*record.close)
+                return
+            elif kind == "sim.drop":
+                record.close, record.closed_by = (1006, None), "upstream"
+                await _drop(stream)
+                return
+            elif kind == "sim.stall":
+                await trio.sleep(float(event.get("seconds", math.inf)))
+            elif kind == "sim.flood":
+                chunk = b"\0" * int(event.get("size", 65536))
+                for _ in range(int(event.get("count", 1))):
+                    await self._realtime_send(ws, record, chunk)
+                    record.flood_sent += 1
+                    self._notify()
+            elif kind == "sim.ping":
+                with trio.move_on_after(5):
+                    await ws.ping()
+                    await self._realtime_send(ws, record, state.event("sim.pong"))
+            else:
+                await self._realtime_send(ws, record, message)  # echo
+
+    async def _respond(
+        self,
+        ws: WebSocketConnection,
+        stream: trio.SocketStream,
+        record: RealtimeRecord,
+        state: _RealtimeState,
+        event: dict[str, Any],
+    ) -> bool:
+        """Stream one response; False if the connection was dropped on purpose."""
+        options = event.get("response")
+        options = options if isinstance(options, dict) else {}
+        instructions = options.get("instructions")
+        if isinstance(instructions, str):
+            state.text += " " + instructions
+        count = self.config.answer_words
+        limit = options.get("max_output_tokens")
+        if isinstance(limit, int) and limit < count:
+            count = max(0, limit)
+        prompt = _tokens(len(state.text))
+        cached = min(state.cached, prompt)
+        words = _answer_words(self.config.seed, {"text": state.text}, count)
+        rid = f"resp_sim_{record.responses + 1:06d}"
+        events = [state.event("response.created", response={"id": rid, "status": "in_progress"})]
+        for piece in _pieces(words, self.config.events_per_stream):
+            events.append(state.event("response.output_text.delta", response_id=rid, delta=piece))
+        done = {
+            "id": rid,
+            "object": "realtime.response",
+            "status": "completed",
+            "usage": _realtime_usage(prompt, cached, len(words)),
+        }
+        events.append(state.event("response.done", response=done))
+        for index, message in enumerate(events):
+            if state.drop_after is not None and index >= state.drop_after:
+                record.close, record.closed_by = (1006, None), "upstream"
+                await _drop(stream)
+                return False
+            if index and self.config.stream_gap > 0:
+                await trio.sleep(self.config.stream_gap)
+            await self._realtime_send(ws, record, message)
+        # The conversation so far is a cached prefix for the next response.
+        state.cached = prompt
+        state.text += " " + " ".join(words)
+        record.responses += 1
+        self._notify()
+        return True
+
+
+def _loads_event(message: str | bytes) -> dict[str, Any] | None:
+    if not isinstance(message, str):
+        return None
+    try:
+        event = json.loads(message)
+    except (ValueError, RecursionError):
+        return None
+    return event if isinstance(event, dict) else None

@@ -69,6 +69,23 @@
     return String(Math.round(v * 1000) / 1000);
   }
 
+  function pad2(n) { return (n < 10 ? "0" : "") + n; }
+
+  // 3:19pm, or 3:19:30pm with seconds: the page's local time, like uPlot's.
+  function clock(d, seconds) {
+    var h = d.getHours();
+    var text = (h % 12 || 12) + ":" + pad2(d.getMinutes()) + (seconds ? ":" + pad2(d.getSeconds()) : "");
+    return text + (h < 12 ? "am" : "pm");
+  }
+
+  function calendarDay(d) { return (d.getMonth() + 1) + "/" + d.getDate() + "/" + pad2(d.getFullYear() % 100); }
+
+  function stamp(ts) {
+    if (ts === null || ts === undefined) return "—";
+    var d = new Date(ts * 1000);
+    return calendarDay(d) + " " + clock(d, true);
+  }
+
   // ------------------------------------------------------------------ URL, theme, controls
 
   function readParams() {
@@ -288,6 +305,8 @@
   ];
 
   var charts = {};
+  // The live uPlot of a panel, for the tests (window.__dash.chart("latency")).
+  dash.chart = function (id) { return charts[id] ? charts[id].plot : null; };
 
   function panelEl(id) { return document.getElementById("panel-" + id); }
 
@@ -336,6 +355,54 @@
     return { data: data, series: series };
   }
 
+  // Time axis: one line of times, and under the first tick and each new day a second line
+  // with the date (the year, for ticks days apart).  Each line holds one kind of label, at
+  // most as wide as the ticks are apart (TIME_SPACE), so no two labels ever overlap
+  // (uPlot's own format put "12/2/26 3:19am" under the first tick, running into the
+  // "3:20am" under the next minute's).
+  var DAY_S = 86400;
+  var TIME_SPACE = 80;
+  var TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800,
+    21600, 43200, DAY_S, 2 * DAY_S, 7 * DAY_S, 14 * DAY_S];
+
+  function timeAxisValues(u, splits, axisIdx, space, incr) {
+    var previous = null;
+    return splits.map(function (ts) {
+      var d = new Date(ts * 1000);
+      var top, bottom;
+      if (incr >= DAY_S) {
+        top = (d.getMonth() + 1) + "/" + d.getDate();
+        bottom = String(d.getFullYear());
+      } else {
+        top = clock(d, incr < 60);
+        bottom = calendarDay(d);
+      }
+      var label = bottom === previous ? top : top + "\n" + bottom;
+      previous = bottom;
+      return label;
+    });
+  }
+
+  // The legend shows the values under the pointer; with no pointer over the chart, each
+  // series' latest point (what hovering the right edge would show), so the panel reads
+  // at a glance.  A point another variant has and this series lacks (undefined after
+  // uPlot.join) is skipped; a null is a real "no value" and shows as such.
+  function latestIndex(ys) {
+    for (var i = ys.length - 1; i >= 0; i--) if (ys[i] !== undefined) return i;
+    return null;
+  }
+
+  function legendValue(fmt) {
+    return function (u, v, sidx, idx) {
+      if (idx === null || idx === undefined) {
+        var ys = u.data[sidx];
+        var last = latestIndex(ys);
+        v = last === null ? null : ys[last];
+      }
+      return fmt(v);
+    };
+  }
+
   function makeChart(panel, el, built) {
     var text = cssVar("--text");
     var grid = cssVar("--grid");
@@ -349,13 +416,13 @@
       legend: { live: true },
       scales: { x: { time: true } },
       axes: [
-        Object.assign({}, axis),
+        Object.assign({}, axis, { space: TIME_SPACE, incrs: TIME_INCRS, values: timeAxisValues }),
         Object.assign({}, axis, {
           size: 60,
           values: function (u, vals) { return vals.map(leftFmt); },
         }),
       ],
-      series: [{ label: "time" }].concat(
+      series: [{ label: "time", value: legendValue(stamp) }].concat(
         built.series.map(function (s) {
           return {
             label: s.label,
@@ -366,7 +433,7 @@
             spanGaps: false,
             points: { show: false },
             // The legend doubles as the tooltip: exact values at the cursor.
-            value: function (u, v) { return exact(v); },
+            value: legendValue(exact),
           };
         })
       ),
