@@ -1229,6 +1229,8 @@ def test_follow_sets_rate_and_ceiling_and_the_queue_follows() -> None:
     lim.follow(2.0, 99.0, 0.1)
     assert (lim.rate, lim.ceiling) == (40.0, 1.0)
     assert lim.learned().changed_at == 2.0
+    # A new window began at the change: too few answers yet, so nothing is judged.
+    assert lim.adjust(3.0) is None
 
 
 def test_follow_with_the_same_rate_keeps_the_window() -> None:
