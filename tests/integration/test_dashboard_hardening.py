@@ -622,8 +622,11 @@ async def test_hostile_targets_are_marked_down_while_a_good_one_keeps_its_schedu
                 status = (await client.get(dashboard.url + "/api/status")).json()
             restarts = dict(dashboard.stats.task_restarts)
     hits = fake.hits["/production/good/metrics"]
-    gaps = [b - a for a, b in zip(hits, hits[1:], strict=False)]
-    assert len(hits) >= 5 and all(interval - 0.1 < gap < interval + 0.1 for gap in gaps), gaps
+    # On schedule: the k-th scrape at first + k x interval, give or take one late wake-up
+    # (a late tick followed by an on-time one makes a short gap, not a drift). Scrapes
+    # held up by the hostile targets would fall further behind at every tick.
+    offsets = [hit - k * interval for k, hit in enumerate(hits)]
+    assert len(hits) >= 5 and max(offsets) - min(offsets) < 0.2, offsets
     assert worst[0] < 0.2, f"the event loop stalled for {worst[0]:.2f}s"
     assert restarts == {}
     targets = {t["url"].split("/")[-2]: t for t in status["targets"]}
