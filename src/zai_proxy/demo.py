@@ -301,9 +301,9 @@ async def run_demo(args: argparse.Namespace, env: Mapping[str, str] | None = Non
     real = bool(real_key) and not getattr(args, "simulate", False)
     real_env = environ if real else None
     agent_count = 0 if real or getattr(args, "no_agents", False) else int(args.agents)
-    # One line per request is too much for a terminal demo, and so is the Redis client's
-    # note each time it loads the limiter's script into a fresh redis-server.
-    quiet = [logging.getLogger(name) for name in ("zai_proxy.access", "coredis")]
+    # One line per request is too much for a terminal demo (logs.configure already keeps
+    # the Redis client's routine notes out).
+    quiet = [logging.getLogger(name) for name in ("zai_proxy.access",)]
     levels = [logger.level for logger in quiet]
     for logger in quiet:
         logger.setLevel(logging.WARNING)

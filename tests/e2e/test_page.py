@@ -57,6 +57,17 @@ def message(stream: bool) -> dict[str, object]:
     }
 
 
+async def post_forever(url: str, stream: bool) -> None:
+    """Traffic through a proxy until cancelled: a message every 20 ms, errors ignored."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        while True:
+            try:
+                await client.post(url + "/v1/messages", json=message(stream))
+            except httpx.HTTPError:
+                pass
+            await trio.sleep(0.02)
+
+
 class ServerThread:
     """Servers under their own `trio.run` in a thread: `_setup` starts them in a nursery,
     `_teardown` begins their stop; `call` runs a coroutine function among them."""
@@ -160,20 +171,11 @@ class Stack(ServerThread):
         await self._start_dashboard(0)
         for proxy in proxies:
             for stream in (False, True):
-                nursery.start_soon(self._traffic, proxy.url, stream)
+                nursery.start_soon(post_forever, proxy.url, stream)
 
     def _teardown(self) -> None:
         if self._stop_dashboard is not None:
             self._stop_dashboard.set()
-
-    async def _traffic(self, url: str, stream: bool) -> None:
-        async with httpx.AsyncClient(timeout=10) as client:
-            while True:
-                try:
-                    await client.post(url + "/v1/messages", json=message(stream))
-                except httpx.HTTPError:
-                    pass
-                await trio.sleep(0.02)
 
     async def _start_dashboard(self, port: int) -> None:
         assert self._nursery is not None and self._settings is not None

@@ -29,7 +29,7 @@ import trio
 from playwright import sync_api as playwright_sync
 
 from tests.conftest import UPSTREAM_KEY, proxy_env, require_tool
-from tests.e2e.test_page import CHROMIUM_ARGS, PANELS, WAIT_MS, ServerThread, message
+from tests.e2e.test_page import CHROMIUM_ARGS, PANELS, WAIT_MS, ServerThread, post_forever
 from zai_proxy.proxy import serve_proxy
 from zai_proxy.settings import ProxySettings
 from zai_proxy.sim.upstream import SimUpstream, UpstreamConfig
@@ -129,19 +129,10 @@ class TrafficThread(ServerThread):
         proxy = await nursery.start(serve_proxy, settings, self._stop)
         self.metrics_url = proxy.origin + "/metrics"
         for stream in (False, True):
-            nursery.start_soon(self._traffic, proxy.url, stream)
+            nursery.start_soon(post_forever, proxy.url, stream)
 
     def _teardown(self) -> None:
         self._stop.set()
-
-    async def _traffic(self, url: str, stream: bool) -> None:
-        async with httpx.AsyncClient(timeout=10) as client:
-            while True:
-                try:
-                    await client.post(url + "/v1/messages", json=message(stream))
-                except httpx.HTTPError:
-                    pass
-                await trio.sleep(0.02)
 
 
 @pytest.fixture
