@@ -1,4 +1,5 @@
-"""Command line: `zai-proxy serve | dashboard | demo` (also `python -m zai_proxy`).
+"""Command line: `zai-proxy serve | dashboard | demo` (also `python -m zai_proxy`), and
+the operator's tools `check | loadtest | evaluate` (zai_proxy.ops).
 
 Settings come from the environment under the names of the Go proxy; every setting also
 has a flag (`MAX_WORKERS` -> `--max-workers`) that overrides it.  A bad value stops
@@ -10,18 +11,27 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import trio
 
 from . import __version__
 from .errors import ListenError, SettingsError
 from .logs import configure
+from .ops import check, evaluate, loadtest
 from .settings import DashboardSettings, ProxySettings
 from .supervisor import run_until_signalled
 
 __all__ = ["main"]
+
+# The operator's tools: each adds its own subparser and runs from its parsed arguments.
+_TOOLS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace], int]]] = {
+    "check": (check.add_parser, check.run),
+    "loadtest": (loadtest.add_parser, loadtest.run),
+    "evaluate": (evaluate.add_parser, evaluate.run),
+}
 
 PROXY_VARIABLES = {
     "ZAI_TARGET_URL": "upstream base URL (default https://api.z.ai/api/anthropic)",
@@ -157,12 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--simulate", action="store_true", help="use the simulator even if ZAI_API_KEY is set"
     )
+    for add_tool, _ in _TOOLS.values():
+        add_tool(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in _TOOLS:
+        _, run_tool = _TOOLS[args.command]
+        return run_tool(args)
     try:
         if args.command == "serve":
             settings = ProxySettings.from_env(_environment(args, PROXY_VARIABLES))
