@@ -523,13 +523,18 @@ async def run_load(
     return Run(url, tuple(tally.samples), elapsed, _difference(before, after))
 
 
+def _progress_line(tallies: Sequence[tuple[str, _Tally]], seconds_in: float) -> str:
+    parts = [f"{name}: {tally.line()}" for name, tally in tallies]
+    # Back to the start of the line, and clear what a longer line left there.
+    return f"\r{seconds_in:5.1f} s  " + "  |  ".join(parts) + "\x1b[K"
+
+
 async def _show_progress(
     tallies: Sequence[tuple[str, _Tally]], out: IO[str], started: float
 ) -> None:
     while True:
         await trio.sleep(_PROGRESS_EVERY)
-        parts = [f"{name}: {tally.line()}" for name, tally in tallies]
-        out.write(f"\r{trio.current_time() - started:5.1f} s  " + "  |  ".join(parts) + "\x1b[K")
+        out.write(_progress_line(tallies, trio.current_time() - started))
         out.flush()
 
 
@@ -546,15 +551,17 @@ async def run_targets(
     async def one(position: int) -> None:
         runs[position] = await run_load(targets[position][1], tally=tallies[position][1], **options)
 
+    started = trio.current_time()
     async with trio.open_nursery() as outer:
         if progress is not None:
-            outer.start_soon(_show_progress, tallies, progress, trio.current_time())
+            outer.start_soon(_show_progress, tallies, progress, started)
         async with trio.open_nursery() as nursery:
             for position in range(len(targets)):
                 nursery.start_soon(one, position)
         outer.cancel_scope.cancel()
     if progress is not None:
-        progress.write("\n")
+        # The final figures, then a newline, so the table starts on a line of its own.
+        progress.write(_progress_line(tallies, trio.current_time() - started) + "\n")
         progress.flush()
     return [r for r in runs if r is not None]
 
