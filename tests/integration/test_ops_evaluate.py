@@ -19,7 +19,7 @@ from tests.conftest import UPSTREAM_KEY, ProxyHandle, StartProxy, StartUpstream
 from zai_proxy.cli import main
 from zai_proxy.ops.evaluate import load_corpus
 from zai_proxy.proxy.tokenizer import get_counter
-from zai_proxy.sim.upstream import SimUpstream
+from zai_proxy.sim.upstream import Fault, SimUpstream
 
 
 async def evaluate(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -113,6 +113,20 @@ async def test_a_wrong_key_fails_every_prompt_without_printing_it(
     assert sum(line.startswith("FAIL ") for line in out.splitlines()) == len(load_corpus())
     assert "HTTP 401" in out
     assert wrong not in out + err
+    # A refusal is final: not sent again.
+    assert upstream.total_requests == len(load_corpus())
+
+
+async def test_a_5xx_or_429_is_tried_again(
+    upstream: SimUpstream, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ZAI_API_KEY", UPSTREAM_KEY)
+    upstream.script(Fault.status(500), Fault.status(429, retry_after=0))
+    code, out, _ = await evaluate(capsys, "--upstream", upstream.url, "--json")
+    assert code == 0
+    assert all(p["api"] for p in json.loads(out)["prompts"])
+    assert upstream.status_counts[500] == upstream.status_counts[429] == 1
+    assert upstream.status_counts[200] == len(load_corpus())
 
 
 def test_without_a_target_or_a_key_it_exits_2_with_one_line(

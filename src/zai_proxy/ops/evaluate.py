@@ -30,6 +30,7 @@ import trio
 
 from ..proxy.tokenizer import TokenCounter, get_counter, relative_error
 from ..proxy.usage import usage_from_json
+from ..sim.agents import retry_after_seconds
 from .check import CLIENT_TOKEN, http_url
 from .report import format_table, percentile, share
 
@@ -49,6 +50,10 @@ __all__ = [
 KINDS = ("text", "code", "cjk", "tool_calls")
 _CONCURRENCY = 4
 _MAX_TOKENS = 16
+# A 429, a 5xx or no answer is tried again, as the SDKs do: one bad answer from a busy
+# upstream should not leave a prompt out of the evaluation.
+_ATTEMPTS = 3
+_RETRY_PAUSE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,17 +195,28 @@ async def _one(
     body = {"model": model, "max_tokens": _MAX_TOKENS, **prompt.request, "stream": False}
     payload = json.dumps(body, ensure_ascii=False).encode()
     local = counter.count_request(payload)
-    try:
-        with trio.fail_after(limit):
-            response = await client.post(
-                url, content=payload, headers={**headers, "content-type": "application/json"}
-            )
-    except (httpx.HTTPError, trio.TooSlowError, OSError) as error:
-        reason = _redact(f"{type(error).__name__}: {error}", secret)
-        return Measurement(prompt.id, prompt.kind, local, None, reason)
-    if response.status_code != 200:
+    reason, wait = "", 0.0
+    for attempt in range(_ATTEMPTS):
+        await trio.sleep(wait)
+        try:
+            with trio.fail_after(limit):
+                response = await client.post(
+                    url, content=payload, headers={**headers, "content-type": "application/json"}
+                )
+        except (httpx.HTTPError, trio.TooSlowError, OSError) as error:
+            reason = _redact(f"{type(error).__name__}: {error}", secret)
+            wait = _RETRY_PAUSE * (attempt + 1)
+            continue
+        if response.status_code == 200:
+            break
         text = " ".join(response.text.split())[:160]
         reason = _redact(f"HTTP {response.status_code}: {text}", secret)
+        if response.status_code != 429 and response.status_code < 500:
+            break
+        wait = retry_after_seconds(response.headers.get("retry-after"), _RETRY_PAUSE)
+    else:
+        return Measurement(prompt.id, prompt.kind, local, None, reason)
+    if response.status_code != 200:
         return Measurement(prompt.id, prompt.kind, local, None, reason)
     usage = usage_from_json(response.content, "anthropic")
     if usage is None:
