@@ -2,8 +2,10 @@
 
 Runs after the last byte went to the client and after the worker slot was freed, so it
 never adds latency; large bodies are counted in a worker thread so no other request's
-event-loop time is spent on them.  Counting never fails a request: every error here is
-logged at debug and swallowed.
+event-loop time is spent on them.  The request's input was usually counted already,
+while it was forwarded (forward.py, for X-Token-Input): that count is reused, so a
+prompt is counted once and its tokens recorded once.  Counting never fails a request:
+every error here is logged at debug and swallowed.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class Accountant:
                     return None
                 outcome.usage = usage
             elif self._counter is not None and body and self._rng.random() < self._sample:
-                await self._check_accuracy(body, usage)
+                await self._check_accuracy(body, usage, outcome)
             self._record(usage, self._models.label(model), duration, now)
             return usage
         except trio.Cancelled:
@@ -98,7 +100,7 @@ class Accountant:
     async def _count_locally(self, body: bytes, style: ApiStyle, outcome: Outcome) -> Usage | None:
         assert self._counter is not None
         started = trio.current_time()
-        input_tokens = await count_request_async(self._counter, body) if body else 0
+        input_tokens, input_seconds = await self._input_tokens(body, outcome)
         output_tokens = 0
         # Off the event loop when large, as input is: an 8 MB answer without usage took
         # about 230 ms of loop time to count.
@@ -108,7 +110,7 @@ class Accountant:
             counted = await count_response_async(self._counter, outcome.output_text_bytes, style)
             output_tokens = counted or 0
         self._metrics.token_count_duration.labels(self._metrics.variant).observe(
-            trio.current_time() - started
+            trio.current_time() - started + input_seconds
         )
         if input_tokens is None:
             return None
@@ -120,9 +122,17 @@ class Accountant:
             source=self._counter.backend,
         )
 
-    async def _check_accuracy(self, body: bytes, usage: Usage) -> None:
+    async def _input_tokens(self, body: bytes, outcome: Outcome) -> tuple[int | None, float]:
+        """The prompt's tokens, and the seconds spent on an earlier count (0 when it is
+        counted here): the count made while forwarding if it finished, else a new one."""
         assert self._counter is not None
-        estimate = await count_request_async(self._counter, body)
+        count = outcome.input_count
+        if count is not None and count.done:
+            return count.tokens, count.seconds
+        return (await count_request_async(self._counter, body) if body else 0), 0.0
+
+    async def _check_accuracy(self, body: bytes, usage: Usage, outcome: Outcome) -> None:
+        estimate, _ = await self._input_tokens(body, outcome)
         # The API's input excludes cached tokens; the model saw all of them.
         actual = usage.input + usage.cache_read + usage.cache_write
         if estimate is not None and actual > 0:

@@ -135,6 +135,7 @@ class ProxyApp:
             backoff_base=s.retry_backoff_base,
             retry_after_cap=s.retry_after_cap,
             max_wait=s.rate_limit_max_wait,
+            counter=self.counter,
         )
 
     async def close_client(self) -> None:
@@ -415,6 +416,9 @@ class ProxyApp:
             fields["error_type"] = outcome.error_type
         if error is not None:
             fields["error"] = f"{type(error).__name__}: {error.message}"
+        if outcome.token_input_source is not None:
+            fields["token_input"] = outcome.token_input
+            fields["token_input_source"] = outcome.token_input_source
         if outcome.usage is not None:
             u = outcome.usage
             fields["tokens_in"] = u.input

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from .paths import IDEMPOTENT_METHODS, JSON_ROUTES, ApiStyle
+from .tokenizer import InputCount, InputSource
 from .usage import Usage
 
 __all__ = ["Downstream", "Exchange", "Message", "Outcome", "Receive", "Scope", "Send"]
@@ -63,6 +64,11 @@ class Outcome:
     output_text_bytes: bytes = b""
     output_text: str = ""
     retry_reasons: list[str] = field(default_factory=list)
+    input_count: InputCount | None = None
+    """The local count of the request's prompt, started when it was forwarded."""
+    token_input: int | None = None
+    """The X-Token-Input the answer carried, and where it came from."""
+    token_input_source: InputSource | None = None
 
 
 class Downstream:

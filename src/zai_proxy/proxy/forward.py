@@ -6,6 +6,12 @@ classes.  Nothing is written to the client until an answer has been validated: a
 non-streaming body is read whole and parsed, a stream's first chunk is peeked.  After
 that the answer is committed and the stream is relayed chunk by chunk, each written the
 moment it arrives.
+
+Every answer carries ``X-Token-Input``: the upstream's input usage when it is known before
+the headers go (a JSON answer's usage, a stream's ``message_start``), else the request's
+prompt as counted locally while the upstream worked (``InputCount``), and
+``X-Token-Input-Source: upstream|estimate`` says which.  The headers wait for the count at
+most ``INPUT_COUNT_WAIT``; past that the answer goes without both headers.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import trio
 from ..errors import (
     ClientStalled,
     EmptyStream,
+    ProxyError,
     RetryableError,
     StreamBroken,
     TruncatedResponse,
@@ -30,6 +37,7 @@ from .headers import header_value, parse_retry_after, request_headers, response_
 from .metrics import ProxyMetrics
 from .rate_gate import RateGate
 from .sse import WholeEvents
+from .tokenizer import InputCount, InputSource, TokenCounter
 from .upstream_errors import HTTPX_ERRORS, Phase, upstream_errors
 from .usage import SSEUsageTracker, usage_from_answer
 from .wire import stream_error_event
@@ -44,6 +52,10 @@ PEEK_BYTES = 4096
 MAX_ERROR_BODY = 1024 * 1024
 # Generated text kept from an OpenAI-style stream for local counting, in characters.
 TEXT_CAPTURE_CHARS = 256 * 1024
+# Longest the headers wait for the local input count when the upstream reported none.
+# Counting a large prompt takes far less than the upstream's first byte, so this only
+# binds when the upstream answers at once (an error) to a prompt of several MiB.
+INPUT_COUNT_WAIT = 0.1
 # Status codes for an `error` event that arrives inside a 200 stream, for the metrics.
 _STREAM_ERROR_STATUS = {
     "overloaded_error": 529,
@@ -69,7 +81,10 @@ class Forwarder:
         backoff_base: float,
         retry_after_cap: float,
         max_wait: float,
+        counter: TokenCounter | None = None,
     ) -> None:
+        """`counter`: counts each request's input for X-Token-Input; None (token counting
+        switched off) sends the header only when the upstream reports the input."""
         # The client builds requests (its timeouts, its default headers); the transport
         # sends them, without the client's cookie jar (see upstream.py).
         self._client = client
@@ -82,6 +97,7 @@ class Forwarder:
         self._backoff_base = backoff_base
         self._retry_after_cap = retry_after_cap
         self._max_wait = max_wait
+        self._counter = counter
 
     def backoff(self, retry: int, error: RetryableError) -> float:
         """Delay before retry number `retry` (1-based): Retry-After when the upstream gave
@@ -94,6 +110,26 @@ class Forwarder:
         """Answer the exchange, or raise the ProxyError the client should get instead.
 
         `outcome` is filled in as it goes, so it is accurate even when this is cancelled."""
+        if self._counter is None or not exchange.body:
+            await self._forward(exchange, downstream, outcome)
+            return
+        count = InputCount(self._counter, exchange.body)
+        outcome.input_count = count
+        failure: ProxyError | ClientStalled | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(count.run)
+            try:
+                await self._forward(exchange, downstream, outcome)
+            except (ProxyError, ClientStalled) as exc:
+                # Raised from outside the nursery, so callers catch it as it is rather
+                # than inside an ExceptionGroup.
+                failure = exc
+            # The answer is done: a count still running is abandoned, not waited for.
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    async def _forward(self, exchange: Exchange, downstream: Downstream, outcome: Outcome) -> None:
         headers = request_headers(exchange.headers, self._authorization)
         last_error: RetryableError | None = None
         for attempt in range(self._max_retries + 1):
@@ -206,12 +242,40 @@ class Forwarder:
             length = header_value(response.headers.raw, b"content-length") or length
         headers.append((b"content-length", length))
         headers.append((b"x-request-id", exchange.request_id.encode()))
-        if outcome.usage is not None:
-            headers.append((b"x-token-input", str(outcome.usage.input).encode()))
+        reported = outcome.usage.input if outcome.usage is not None else None
+        headers += await self._token_input(exchange, outcome, reported)
         outcome.status = status
         outcome.committed = True
         outcome.response_bytes = len(body)
         await downstream.answer(status, headers, body)
+
+    async def _token_input(
+        self, exchange: Exchange, outcome: Outcome, reported: int | None
+    ) -> list[tuple[bytes, bytes]]:
+        """X-Token-Input and its source for the answer's headers (none when unknown)."""
+        source: InputSource = "upstream"
+        tokens = reported
+        count = outcome.input_count
+        if tokens is None and count is not None:
+            source = "estimate"
+            tokens = await count.wait(INPUT_COUNT_WAIT)
+            if not count.done:
+                log.info(
+                    "input count not ready when the headers went; X-Token-Input omitted",
+                    extra={
+                        "request_id": exchange.request_id,
+                        "body_bytes": len(exchange.body),
+                        "waited_s": INPUT_COUNT_WAIT,
+                    },
+                )
+        if tokens is None:
+            return []
+        outcome.token_input = tokens
+        outcome.token_input_source = source
+        return [
+            (b"x-token-input", str(tokens).encode()),
+            (b"x-token-input-source", source.encode()),
+        ]
 
     async def _relay_stream(
         self,
@@ -235,8 +299,7 @@ class Forwarder:
             tracker.feed(first[PEEK_BYTES:])
         headers = response_headers(response.headers.raw)
         headers.append((b"x-request-id", exchange.request_id.encode()))
-        if tracker.input_known is not None:
-            headers.append((b"x-token-input", str(tracker.input_known).encode()))
+        headers += await self._token_input(exchange, outcome, tracker.input_known)
         outcome.status = response.status_code
         outcome.committed = True
         outcome.streamed = True

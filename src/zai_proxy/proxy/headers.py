@@ -55,7 +55,7 @@ ACCEPT_ENCODING = b"gzip, deflate"
 # Never passed back: the body may be decoded and re-framed by us, so the upstream's
 # framing headers would lie; and the headers the proxy sets itself on every forwarded
 # answer, which would otherwise come twice.
-OWN_HEADERS = frozenset({b"x-request-id", b"x-token-input"})
+OWN_HEADERS = frozenset({b"x-request-id", b"x-token-input", b"x-token-input-source"})
 _DROP_DOWNSTREAM = HOP_BY_HOP | OWN_HEADERS | {b"content-length", b"content-encoding"}
 
 

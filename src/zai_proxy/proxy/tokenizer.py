@@ -22,8 +22,14 @@ Streamed output is counted from the text ``SSEUsageTracker(capture_text=N)`` kee
 Counting never fails a request: every public method catches its own errors (logged at
 debug) and answers None or an estimate.  Large bodies are counted in a worker thread
 (``count_request_async``).  tiktoken releases the GIL while it encodes, and text is fed
-to it in slices of 16k characters, so no single call holds the GIL for long; what still
-holds it is ``json.loads`` of the body, about 3 ms per MiB.
+to it in slices of 16k characters, so no single call holds the GIL for long.  Nor does
+decoding: ``json.loads`` holds it about 3 ms per MiB (70 ms for a 32 MiB body, time the
+event loop would stand still), so a body over 1 MiB is decoded a message or content
+block at a time, and the loop gets the GIL back between pieces.
+
+A request's input is counted while the upstream works on it (``InputCount``, started by
+forward.py), so its answer can carry ``X-Token-Input`` even when the upstream reports
+no usage before the headers go.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ __all__ = [
     "ENCODING_NAME",
     "INLINE_MAX_BYTES",
     "Backend",
+    "InputCount",
+    "InputSource",
     "TokenCounter",
     "count_request_async",
     "count_response_async",
@@ -56,6 +64,8 @@ __all__ = [
 log = logging.getLogger("zai_proxy.tokenizer")
 
 Backend = Literal["tiktoken", "estimate"]
+InputSource = Literal["upstream", "estimate"]
+"""Where an answer's X-Token-Input came from: the upstream's usage, or our own count."""
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -81,6 +91,14 @@ _SLICE: Final = 16 * 1024
 
 _TOKENS_PER_MESSAGE: Final = 3
 _TOKENS_PER_REPLY: Final = 3
+
+# Bodies from this size on are decoded piece by piece (see the module docstring).
+_PIECEWISE_BYTES: Final = 1024 * 1024
+# Containers down to this depth are walked in Python, deeper ones decoded whole: depth 3
+# is a message's content array, so a piece is one content block.
+_WALK_DEPTH: Final = 3
+_DECODER: Final = json.JSONDecoder()
+_WHITESPACE: Final = re.compile(r"[ \t\n\r]*")
 
 # Han, kana and fullwidth forms: about one cl100k token per character.
 _WIDE: Final = re.compile(
@@ -161,7 +179,7 @@ class TokenCounter:
     def count_request(self, body: bytes) -> int | None:
         """Prompt tokens of an Anthropic Messages or OpenAI chat request, or None."""
         try:
-            obj = json.loads(body)
+            obj = _loads(body)
             if not isinstance(obj, dict):
                 return None
             messages = obj.get("messages")
@@ -215,6 +233,55 @@ class TokenCounter:
         return total
 
 
+def _loads(body: bytes) -> object:
+    """``json.loads(body)``, in pieces when the body is large (see the module docstring)."""
+    if len(body) < _PIECEWISE_BYTES:
+        return json.loads(body)
+    text = body.decode(json.detect_encoding(body), "surrogatepass")
+    value, end = _decode_piecewise(text, _skip(text, 0), 0)
+    if _skip(text, end) != len(text):
+        raise ValueError("extra data after the JSON value")
+    return value
+
+
+def _skip(text: str, idx: int) -> int:
+    match = _WHITESPACE.match(text, idx)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
+
+
+def _decode_piecewise(text: str, idx: int, depth: int) -> tuple[object, int]:
+    opener = text[idx : idx + 1]
+    if depth > _WALK_DEPTH or opener not in ("{", "["):
+        value, end = _DECODER.raw_decode(text, idx)
+        return value, end
+    closer = "}" if opener == "{" else "]"
+    members: dict[str, object] = {}
+    items: list[object] = []
+    idx = _skip(text, idx + 1)
+    if text[idx : idx + 1] == closer:
+        return (members if opener == "{" else items), idx + 1
+    while True:
+        if opener == "{":
+            if text[idx : idx + 1] != '"':
+                raise ValueError(f"expected a key at {idx}")
+            key, idx = _DECODER.raw_decode(text, idx)
+            idx = _skip(text, idx)
+            if text[idx : idx + 1] != ":":
+                raise ValueError(f"expected ':' at {idx}")
+            members[key], idx = _decode_piecewise(text, _skip(text, idx + 1), depth + 1)
+        else:
+            item, idx = _decode_piecewise(text, idx, depth + 1)
+            items.append(item)
+        idx = _skip(text, idx)
+        separator = text[idx : idx + 1]
+        if separator == closer:
+            return (members if opener == "{" else items), idx + 1
+        if separator != ",":
+            raise ValueError(f"expected ',' or {closer!r} at {idx}")
+        idx = _skip(text, idx + 1)
+
+
 @cache
 def get_counter() -> TokenCounter:
     """The process's counter, built on first use."""
@@ -228,7 +295,10 @@ async def _off_the_loop(count: Callable[[T], R], value: T, size: int, fallback: 
         return count(value)
     if _LIMITER.statistics().tasks_waiting >= MAX_QUEUED_COUNTS:
         return fallback
-    return await trio.to_thread.run_sync(count, value, limiter=_LIMITER)
+    # A cancelled waiter leaves at once rather than wait out the thread (an answer that
+    # ended before its input count must not wait for it); the thread still holds the
+    # limiter until it finishes, so abandoned counts stay bounded too.
+    return await trio.to_thread.run_sync(count, value, limiter=_LIMITER, abandon_on_cancel=True)
 
 
 async def count_request_async(counter: TokenCounter, body: bytes) -> int | None:
@@ -249,6 +319,40 @@ async def count_response_async(counter: TokenCounter, body: bytes, style: ApiSty
     return await _off_the_loop(
         partial(counter.count_response, style=style), body, len(body), estimate
     )
+
+
+class InputCount:
+    """A request's prompt tokens, counted while the upstream works on the request.
+
+    forward.py starts `run` beside the forwarding (a generation's first byte takes far
+    longer than the count), the answer's headers take the count through `wait`, which
+    never waits past its limit, and accounting reuses it rather than count twice.
+    """
+
+    def __init__(self, counter: TokenCounter, body: bytes) -> None:
+        self._counter = counter
+        self._body = body
+        self._done = trio.Event()
+        self.tokens: int | None = None
+        """The count; None until done, or when the body is no prompt."""
+        self.seconds = 0.0
+        """How long the count took, waiting for the worker thread included."""
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def run(self) -> None:
+        started = trio.current_time()
+        self.tokens = await count_request_async(self._counter, self._body)
+        self.seconds = trio.current_time() - started
+        self._done.set()
+
+    async def wait(self, within: float) -> int | None:
+        """The count, waiting at most `within` seconds for it; None if not ready."""
+        with trio.move_on_after(within):
+            await self._done.wait()
+        return self.tokens
 
 
 def relative_error(estimate: int, actual: int) -> float:
