@@ -233,9 +233,9 @@ def judge_limiter(text: str) -> Check:
         return Check("limiter", False, "zai_proxy_rate_limit_requests_per_second is missing")
     if not math.isfinite(rate) or rate <= 0:
         return Check("limiter", False, f"rate is {rate} req/s")
-    detail = f"rate {rate:g} req/s"
+    detail = f"rate {rate:.4g} req/s"
     ceiling = _first_value(families, "zai_proxy_rate_limit_ceiling_requests_per_second")
-    detail += f", ceiling {ceiling:g}" if ceiling is not None else ", no ceiling learnt yet"
+    detail += f", ceiling {ceiling:.4g}" if ceiling is not None else ", no ceiling learnt yet"
     for labels, up in families.get("zai_proxy_rate_limit_backend_up", [])[:1]:
         detail += f", backend {labels.get('backend', '?')} {'up' if up else 'DOWN'}"
         if not up:
