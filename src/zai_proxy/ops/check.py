@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -290,9 +291,6 @@ class _Answer:
     elapsed: float
 
 
-Fetch = Callable[[], Awaitable[_Answer]]
-
-
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
@@ -310,23 +308,15 @@ def _failed(name: str, error: Exception) -> Check:
     return Check(name, False, _short(text))
 
 
-def _anthropic_body(model: str, stream: bool) -> dict[str, Any]:
-    return {
-        "model": model,
-        "max_tokens": 16,
-        "stream": stream,
-        "messages": [{"role": "user", "content": "Reply with the single word: ok"}],
-    }
-
-
-def _openai_body(model: str, stream: bool) -> dict[str, Any]:
+def _body(model: str, streaming: bool, style: str) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
         "max_tokens": 16,
-        "stream": stream,
+        "stream": streaming,
         "messages": [{"role": "user", "content": "Reply with the single word: ok"}],
     }
-    if stream:
+    if streaming and style == "openai":
+        # Usage in the last chunk, so the stream reports what it cost.
         body["stream_options"] = {"include_usage": True}
     return body
 
@@ -366,53 +356,21 @@ async def run_checks(
             check, variant = judge_health(answer.status, answer.body)
             return check
 
-        async def message() -> Check:
-            answer = await _answer(
-                client,
-                "POST",
-                base + "/v1/messages",
-                json=_anthropic_body(model, False),
-                headers=headers,
-            )
-            token_inputs["messages"] = answer.headers.get("x-token-input")
-            return judge_message(
-                "messages", answer.status, answer.body, "anthropic", answer.elapsed
-            )
-
-        async def stream() -> Check:
-            answer = await _answer(
-                client,
-                "POST",
-                base + "/v1/messages",
-                json=_anthropic_body(model, True),
-                headers=headers,
-            )
-            token_inputs["stream"] = answer.headers.get("x-token-input")
-            return judge_stream(
-                "stream",
-                answer.status,
-                answer.headers.get("content-type", ""),
-                answer.body,
-                "anthropic",
-                answer.elapsed,
-            )
-
-        async def chat(streaming: bool) -> Check:
-            name = "openai-stream" if streaming else "openai"
-            answer = await _answer(
-                client,
-                "POST",
-                base + "/v1/chat/completions",
-                json=_openai_body(model, streaming),
-                headers={"authorization": f"Bearer {CLIENT_TOKEN}"},
-            )
+        async def exchange(name: str, style: str, streaming: bool) -> Check:
+            """One request through the proxy in `style`'s wire format, judged."""
+            if style == "anthropic":
+                path, auth = "/v1/messages", headers
+            else:
+                path, auth = "/v1/chat/completions", {"authorization": f"Bearer {CLIENT_TOKEN}"}
+            body = _body(model, streaming, style)
+            answer = await _answer(client, "POST", base + path, json=body, headers=auth)
             token_inputs[name] = answer.headers.get("x-token-input")
-            if streaming:
-                content_type = answer.headers.get("content-type", "")
-                return judge_stream(
-                    name, answer.status, content_type, answer.body, "openai", answer.elapsed
-                )
-            return judge_message(name, answer.status, answer.body, "openai", answer.elapsed)
+            if not streaming:
+                return judge_message(name, answer.status, answer.body, style, answer.elapsed)
+            content_type = answer.headers.get("content-type", "")
+            return judge_stream(
+                name, answer.status, content_type, answer.body, style, answer.elapsed
+            )
 
         scraped: list[str] = []
 
@@ -434,11 +392,11 @@ async def run_checks(
             return judge_dashboard(answer.status, answer.body)
 
         await attempt("health", health)
-        await attempt("messages", message)
-        await attempt("stream", stream)
+        requests = [("messages", "anthropic", False), ("stream", "anthropic", True)]
         if openai:
-            await attempt("openai", lambda: chat(False))
-            await attempt("openai-stream", lambda: chat(True))
+            requests += [("openai", "openai", False), ("openai-stream", "openai", True)]
+        for name, style, streaming in requests:
+            await attempt(name, partial(exchange, name, style, streaming))
         checks.append(judge_token_header(token_inputs))
         # After the requests, so every per-request series exists.
         await attempt("metrics", metrics)
