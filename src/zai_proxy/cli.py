@@ -11,27 +11,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
 
 import trio
 
 from . import __version__
 from .errors import ListenError, SettingsError
 from .logs import configure
-from .ops import check, evaluate, loadtest
+from .ops import commands as tools
 from .settings import DashboardSettings, ProxySettings
 from .supervisor import run_until_signalled
 
 __all__ = ["main"]
-
-# The operator's tools: each adds its own subparser and runs from its parsed arguments.
-_TOOLS: dict[str, tuple[Callable[[Any], None], Callable[[argparse.Namespace], int]]] = {
-    "check": (check.add_parser, check.run),
-    "loadtest": (loadtest.add_parser, loadtest.run),
-    "evaluate": (evaluate.add_parser, evaluate.run),
-}
 
 PROXY_VARIABLES = {
     "ZAI_TARGET_URL": "upstream base URL (default https://api.z.ai/api/anthropic)",
@@ -167,17 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--simulate", action="store_true", help="use the simulator even if ZAI_API_KEY is set"
     )
-    for add_tool, _ in _TOOLS.values():
-        add_tool(commands)
+    tools.add_parsers(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in _TOOLS:
-        _, run_tool = _TOOLS[args.command]
-        return run_tool(args)
+    if args.command in tools.TOOLS:
+        return tools.run(args)
     try:
         if args.command == "serve":
             settings = ProxySettings.from_env(_environment(args, PROXY_VARIABLES))

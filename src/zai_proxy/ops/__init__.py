@@ -7,7 +7,8 @@
   corpus (corpus.jsonl) of text, code, CJK and tool-call prompts.
 
 Each module keeps its judgement in pure functions (report.py holds the shared
-percentile and table code) and its network part in one short trio + httpx shell.
+percentile and table code) and its network part in one short trio + httpx shell; their
+command lines are in commands.py, which imports a tool only to run it.
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ from ..proxy.usage import SSEUsageTracker, usage_from_json
 __all__ = [
     "SEED_METRICS",
     "Check",
-    "add_parser",
     "format_checks",
     "judge_dashboard",
     "judge_health",
@@ -407,43 +406,6 @@ async def run_checks(
 
 
 # --------------------------------------------------------------------------- command
-
-
-def http_url(value: str) -> str:
-    """argparse type: an http(s) URL with a host."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an http:// or https:// URL")
-    return value
-
-
-def add_parser(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "check",
-        help="verify a running proxy (and dashboard): health, requests, metrics, limiter",
-        description="Verify a running proxy the way an operator would after a deploy: "
-        "/healthz and its version, a real non-streaming and a streaming Messages request "
-        "through it, X-Token-Input on both answers, every seed metric with the variant "
-        "label, the limiter's state, and with --dashboard the dashboard's /api/status "
-        "seeing both variants.  Needs no key: the proxy holds it.  One line per check; "
-        "exit 0 when all pass, 1 when any fails, 2 on bad arguments.",
-    )
-    parser.add_argument(
-        "url", type=http_url, help="the proxy's base URL, e.g. http://zai-proxy:8080/api/anthropic"
-    )
-    parser.add_argument("--model", default="glm-4.6", help="model to ask (default glm-4.6)")
-    parser.add_argument(
-        "--dashboard", type=http_url, metavar="URL", help="also check this dashboard"
-    )
-    parser.add_argument(
-        "--openai",
-        action="store_true",
-        help="also send an OpenAI chat completion and its stream (upstreams that serve them)",
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds per request (default 30)"
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ import trio
 from ..proxy.tokenizer import TokenCounter, get_counter, relative_error
 from ..proxy.usage import usage_from_json
 from ..sim.agents import retry_after_seconds
-from .check import CLIENT_TOKEN, http_url
+from .check import CLIENT_TOKEN
 from .report import format_table, percentile, share
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "KindResult",
     "Measurement",
     "Prompt",
-    "add_parser",
     "aggregate",
     "format_evaluation",
     "load_corpus",
@@ -265,35 +264,6 @@ async def measure(
 
 
 # --------------------------------------------------------------------------- command
-
-
-def add_parser(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "evaluate",
-        help="local token counts against the API's, over a corpus of prompts",
-        description="Send a corpus of prompts (shipped: prose, code, CJK and tool calls) "
-        "through the proxy at URL, or straight to an upstream with --upstream (key from "
-        "ZAI_API_KEY, never printed), and compare the proxy's local input-token count of "
-        "each with the count the API reports: mean and p95 relative error and bias, by "
-        "kind.  Exit 0 when every prompt was counted, 1 when a request failed, 2 on bad "
-        "arguments.",
-    )
-    parser.add_argument("url", nargs="?", type=http_url, help="the proxy's base URL")
-    parser.add_argument(
-        "--upstream",
-        type=http_url,
-        metavar="URL",
-        help="send straight to this upstream base URL instead, with ZAI_API_KEY",
-    )
-    parser.add_argument("--model", default="glm-4.6", help="model to ask (default glm-4.6)")
-    parser.add_argument(
-        "--corpus", type=Path, default=None, help="a JSONL corpus instead of the shipped one"
-    )
-    parser.add_argument("--prompts", action="store_true", help="also list every prompt's counts")
-    parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds per request (default 60)"
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
 
 
 def _fail(message: str) -> int:

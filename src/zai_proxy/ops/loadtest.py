@@ -42,7 +42,7 @@ from ..dashboard.promparse import parse as parse_exposition
 from ..proxy.tokenizer import relative_error
 from ..proxy.usage import SSEUsageTracker, usage_from_json
 from ..sim.agents import PROFILES, build_request, retry_after_seconds
-from .check import CLIENT_TOKEN, http_url
+from .check import CLIENT_TOKEN
 from .report import format_table, percentile, seconds, share
 
 __all__ = [
@@ -53,7 +53,6 @@ __all__ = [
     "Summary",
     "Thresholds",
     "Verdict",
-    "add_parser",
     "format_summaries",
     "format_verdict",
     "run",
@@ -567,75 +566,6 @@ async def run_targets(
 
 
 # --------------------------------------------------------------------------- command
-
-
-def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
-    def parse(value: str) -> float:
-        try:
-            number = kind(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-        if not number > 0 or not math.isfinite(number):
-            raise argparse.ArgumentTypeError(f"{value!r} must be above 0")
-        return number
-
-    return parse
-
-
-def add_parser(commands: Any) -> None:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "loadtest",
-        help="load-test a proxy with simulated agents; --compare: canary go/no-go",
-        description="Send the demo's simulated agents' requests (streaming and not, short "
-        "and long, cached system prompts) through the proxy at URL: --agents at once, "
-        "each sending its next request when the last is answered, for --duration seconds "
-        "or --requests requests.  Prints a table: requests, status counts, latency "
-        "p50/p95/p99, time to first byte of streams, output tokens/s, 429s and retries.  "
-        "With --compare URL2, URL (production) and URL2 (canary) get the same requests "
-        "side by side, and the canary alert rules' thresholds give a GO or NO-GO.  "
-        "Exit 0 (GO, or every run answered), 1 (NO-GO, or nothing answered), 2 on bad "
-        "arguments.  Sends real requests: against a real upstream they spend quota.",
-    )
-    parser.add_argument("url", type=http_url, help="the proxy's base URL (production)")
-    parser.add_argument(
-        "--compare", type=http_url, metavar="URL2", help="the canary's base URL: judge it"
-    )
-    parser.add_argument(
-        "--agents", type=_positive(int), default=8, help="concurrent agents (default 8)"
-    )
-    parser.add_argument(
-        "--duration",
-        type=_positive(float),
-        default=None,
-        help="seconds to send for (default 30, unless --requests is given)",
-    )
-    parser.add_argument(
-        "--requests",
-        type=_positive(int),
-        default=None,
-        help="requests to send per target, retries included",
-    )
-    parser.add_argument(
-        "--model", default=None, help="model for every request (default: the agents' mix)"
-    )
-    parser.add_argument(
-        "--retries",
-        type=int,
-        default=2,
-        choices=range(0, 11),
-        metavar="N",
-        help="times a request is sent again after 429 or 503 (default 2)",
-    )
-    parser.add_argument(
-        "--timeout", type=_positive(float), default=60.0, help="seconds per request (60)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the agents' requests")
-    parser.add_argument(
-        "--progress",
-        action="store_true",
-        help="a live progress line on stderr even when it is not a terminal",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
 
 
 def run(args: argparse.Namespace) -> int:
