@@ -19,9 +19,11 @@ from . import __version__
 from .errors import SettingsError
 
 __all__ = [
+    "LOG_FORMATS",
     "VARIANTS",
     "DashboardSettings",
     "ProxySettings",
+    "log_format_from_env",
     "parse_duration",
     "parse_listen_addr",
     "without_userinfo",
@@ -30,6 +32,8 @@ __all__ = [
 T = TypeVar("T")
 
 VARIANTS = ("production", "canary")
+# auto: readable lines on a terminal, JSON lines otherwise (logs.py).
+LOG_FORMATS = ("auto", "json", "console")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {
@@ -303,6 +307,7 @@ class ProxySettings:
     client_write_timeout: float = 60.0
     admin_token: str | None = field(default=None, repr=False)
     log_level: str = "info"
+    log_format: str = "auto"
     build_version: str = __version__
     build_commit: str = "unknown"
     build_time: str = "unknown"
@@ -368,6 +373,7 @@ class ProxySettings:
             client_write_timeout=read.duration("CLIENT_WRITE_TIMEOUT", "60s", minimum=0.001),
             admin_token=admin_token,
             log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            log_format=log_format_from_env(env),
             # The image's build arguments (Dockerfile): version, commit, time of the build.
             build_version=read.text("ZAI_PROXY_VERSION", __version__) or __version__,
             build_commit=read.text("BUILD_COMMIT", "unknown") or "unknown",
@@ -388,6 +394,7 @@ class DashboardSettings:
     retention_5s: float = 24 * 3600.0
     retention_1m: float = 168 * 3600.0
     log_level: str = "info"
+    log_format: str = "auto"
     # dns+ targets are re-resolved every this many scrape intervals.
     dns_refresh_scrapes: int = 6
 
@@ -426,8 +433,14 @@ class DashboardSettings:
             retention_5s=read.duration("RETENTION_5S", "24h", minimum=60.0),
             retention_1m=read.duration("RETENTION_1M", "168h", minimum=60.0),
             log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            log_format=log_format_from_env(env),
             dns_refresh_scrapes=read.integer("DNS_REFRESH_SCRAPES", 6, minimum=1, maximum=100_000),
         )
+
+
+def log_format_from_env(env: Mapping[str, str]) -> str:
+    """LOG_FORMAT: ``auto`` (the default), ``json`` or ``console``."""
+    return _Reader(env).choice("LOG_FORMAT", "auto", LOG_FORMATS)
 
 
 def _scrape_target_ok(url: str) -> bool:

@@ -141,3 +141,20 @@ def test_dashboard_bad_target_hides_userinfo() -> None:
     with pytest.raises(SettingsError) as caught:
         DashboardSettings.from_env({"SCRAPE_TARGETS": "ftp://user:secret@host/metrics"})
     assert "secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["json", "console", "auto", " console ", ""])
+def test_log_format_is_read_by_both_services(value: str) -> None:
+    expected = value.strip() or "auto"
+    assert ProxySettings.from_env({"ZAI_API_KEY": "k", "LOG_FORMAT": value}).log_format == expected
+    assert DashboardSettings.from_env({"LOG_FORMAT": value}).log_format == expected
+
+
+@pytest.mark.parametrize(
+    "read",
+    [lambda env: ProxySettings.from_env({"ZAI_API_KEY": "k", **env}), DashboardSettings.from_env],
+)
+def test_a_bad_log_format_names_the_variable_and_the_formats(read: object) -> None:
+    with pytest.raises(SettingsError) as caught:
+        read({"LOG_FORMAT": "xml"})  # type: ignore[operator]
+    assert str(caught.value) == "LOG_FORMAT='xml' is not valid: expected one of auto, json, console"
