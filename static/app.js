@@ -11,8 +11,22 @@
   var THEMES = ["light", "dark"];
   var THEME_KEY = "zai-dashboard-theme";
   var MAX_BACKOFF_S = 30;
-  // One colour per series slot; canary series reuse the palette dashed.
-  var PALETTE = ["#2563eb", "#e8590c", "#2f9e44", "#9c36b5", "#c2255c", "#0c8599", "#e67700", "#5f3dc4"];
+  // The page keeps at least this much history, whatever the range: the verdict strip
+  // compares canary with production over the last 10 minutes.
+  var KEEP_S = 900;
+  var COMPARE_S = 600;
+  // A colour family per variant (production blues, canary oranges), one shade per series
+  // slot, per theme: every shade at least 4.5:1 against its theme's panel.
+  var FAMILIES = {
+    light: {
+      production: ["#1d4ed8", "#0e7490", "#4338ca", "#0369a1", "#1e3a8a", "#155e75"],
+      canary: ["#c2410c", "#a16207", "#be123c", "#9a3412", "#b45309", "#9f1239"],
+    },
+    dark: {
+      production: ["#60a5fa", "#22d3ee", "#a5b4fc", "#7dd3fc", "#93c5fd", "#67e8f9"],
+      canary: ["#fb923c", "#facc15", "#fb7185", "#fdba74", "#fcd34d", "#fda4af"],
+    },
+  };
 
   var state = {
     variant: "production",
@@ -30,6 +44,12 @@
     backfillSeq: 0,
     targets: [],
     statusTimer: null,
+    // [min, max] of a drag-zoom; null while the charts follow now.
+    zoom: null,
+    // "panel:label" of the series the operator switched off (the URL's `hide`).
+    hidden: new Set(),
+    thresholds: null,
+    historyError: null,
   };
 
   var dash = { state: state, panels: {}, totals: null, errors: {}, backfills: 0, status: null, statusPolls: 0 };
@@ -64,11 +84,6 @@
     return trim(v) + "%";
   }
 
-  function exact(v) {
-    if (v === null || v === undefined) return "—";
-    return String(Math.round(v * 1000) / 1000);
-  }
-
   function pad2(n) { return (n < 10 ? "0" : "") + n; }
 
   // 3:19pm, or 3:19:30pm with seconds: the page's local time, like uPlot's.
@@ -100,6 +115,8 @@
     if (THEMES.indexOf(t) >= 0) state.theme = t;
     else if (THEMES.indexOf(stored) >= 0) state.theme = stored;
     else if (window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches) state.theme = "dark";
+    var hide = q.get("hide");
+    state.hidden = new Set(hide ? hide.split(",").filter(Boolean) : []);
   }
 
   function writeParams() {
@@ -107,6 +124,8 @@
     q.set("variant", state.variant);
     q.set("range", state.range);
     q.set("theme", state.theme);
+    if (state.hidden.size) q.set("hide", Array.from(state.hidden).sort().join(","));
+    else q.delete("hide");
     window.history.replaceState(null, "", window.location.pathname + "?" + q.toString());
   }
 
@@ -167,8 +186,21 @@
     return Date.now() / 1000 - RANGES[state.range];
   }
 
-  function trimAll() {
+  // Rows of the variant inside the range (the page keeps up to KEEP_S more for the verdict).
+  function windowRows(v) {
     var start = windowStart();
+    return (state.data[v] || []).filter(function (s) { return s.ts >= start; });
+  }
+
+  // What the charts show: the zoom, or the range up to now.
+  function viewWindow() {
+    if (state.zoom) return state.zoom;
+    var now = Date.now() / 1000;
+    return [now - RANGES[state.range], now];
+  }
+
+  function trimAll() {
+    var start = Math.min(windowStart(), Date.now() / 1000 - KEEP_S);
     for (var v in state.data) {
       var rows = state.data[v];
       var i = 0;
@@ -193,7 +225,8 @@
 
   function backfill() {
     var seq = ++state.backfillSeq;
-    var range = state.range;
+    // At least 15 minutes, for the verdict strip's 10-minute comparison.
+    var range = RANGES[state.range] < KEEP_S ? "15m" : state.range;
     return fetch("/api/metrics?range=" + encodeURIComponent(range) + "&variant=all", { cache: "no-store" })
       .then(function (r) {
         if (!r.ok) throw new Error("history request failed: HTTP " + r.status);
@@ -207,12 +240,18 @@
         var variants = new Set(Object.keys(fresh).concat(Object.keys(state.data)));
         variants.forEach(function (v) { state.data[v] = merge(fresh[v] || [], state.data[v] || []); });
         state.loaded = true;
+        state.historyError = null;
+        delete dash.errors.backfill;
         dash.backfills++;
         trimAll();
         scheduleRender();
       })
       .catch(function (err) {
-        dash.errors.backfill = String(err && err.message ? err.message : err);
+        if (seq !== state.backfillSeq) return;
+        // Shown in every panel with a retry, never left as a grey skeleton.
+        state.historyError = String(err && err.message ? err.message : err);
+        dash.errors.backfill = state.historyError;
+        scheduleRender();
       });
   }
 
@@ -242,13 +281,22 @@
     return Array.from(keys).sort();
   }
 
+  function withUnit(unit) {
+    return function (v) {
+      if (v === null || v === undefined || !isFinite(v)) return "—";
+      return fmtNum(v) + (unit ? " " + unit : "");
+    };
+  }
+
   var PANELS = [
     {
       id: "requests",
-      series: function () { return [{ label: "req/s", get: field("req_rate"), fmt: fmtNum }]; },
+      axis: fmtNum,
+      series: function () { return [{ label: "req/s", get: field("req_rate"), fmt: withUnit("req/s") }]; },
     },
     {
       id: "latency",
+      axis: fmtMs,
       series: function () {
         return [
           { label: "p50", get: field("latency_p50_ms"), fmt: fmtMs },
@@ -259,45 +307,49 @@
     },
     {
       id: "tokens",
+      axis: fmtNum,
       series: function () {
         return [
-          { label: "input/s", get: field("token_rate_in"), fmt: fmtNum },
-          { label: "output/s", get: field("token_rate_out"), fmt: fmtNum },
-          { label: "cache_read/s", get: field("token_rate_cache_read"), fmt: fmtNum },
-          { label: "cache_write/s", get: field("token_rate_cache_write"), fmt: fmtNum },
+          { label: "input/s", get: field("token_rate_in"), fmt: withUnit("tok/s") },
+          { label: "output/s", get: field("token_rate_out"), fmt: withUnit("tok/s") },
+          { label: "cache_read/s", get: field("token_rate_cache_read"), fmt: withUnit("tok/s") },
+          { label: "cache_write/s", get: field("token_rate_cache_write"), fmt: withUnit("tok/s") },
         ];
       },
     },
     {
       id: "concurrency",
+      axis: fmtNum,
       series: function () {
         return [
-          { label: "concurrent", get: field("concurrent"), fmt: fmtNum },
-          { label: "max_workers", get: field("max_workers"), fmt: fmtNum },
+          { label: "concurrent", get: field("concurrent"), fmt: withUnit("req") },
+          { label: "max_workers", get: field("max_workers"), fmt: withUnit("workers") },
         ];
       },
     },
     {
       id: "limiter",
       right: "count",
+      axis: fmtNum,
       series: function () {
         return [
-          { label: "rate req/s", get: field("rate_limit_rps"), fmt: fmtNum },
-          { label: "ceiling", get: field("rate_limit_ceiling"), fmt: fmtNum },
-          { label: "increase", get: field("rate_limit_adj_increase"), fmt: fmtNum, scale: "count" },
-          { label: "decrease", get: field("rate_limit_adj_decrease"), fmt: fmtNum, scale: "count" },
-          { label: "probe", get: field("rate_limit_adj_probe"), fmt: fmtNum, scale: "count" },
-          { label: "rejections", get: field("rejections"), fmt: fmtNum, scale: "count" },
+          { label: "rate req/s", get: field("rate_limit_rps"), fmt: withUnit("req/s") },
+          { label: "ceiling", get: field("rate_limit_ceiling"), fmt: withUnit("req/s") },
+          { label: "increase", get: field("rate_limit_adj_increase"), fmt: withUnit(""), scale: "count" },
+          { label: "decrease", get: field("rate_limit_adj_decrease"), fmt: withUnit(""), scale: "count" },
+          { label: "probe", get: field("rate_limit_adj_probe"), fmt: withUnit(""), scale: "count" },
+          { label: "rejections", get: field("rejections"), fmt: withUnit(""), scale: "count" },
         ];
       },
     },
     {
       id: "errors",
       right: "rate",
+      axis: fmtPct,
       series: function (rows) {
         var out = [{ label: "error %", get: field("error_rate_pct"), fmt: fmtPct }];
         mapKeys("upstream_error_rates", rows).forEach(function (key) {
-          out.push({ label: key + "/s", get: mapKey("upstream_error_rates", key), fmt: fmtNum, scale: "rate" });
+          out.push({ label: key + "/s", get: mapKey("upstream_error_rates", key), fmt: withUnit("/s"), scale: "rate" });
         });
         return out;
       },
@@ -321,29 +373,60 @@
     });
   }
 
-  // Rows of each selected variant, aligned on one x axis.  uPlot.join marks points a
-  // variant lacks as undefined (spanned), while a null from the data stays a gap.
+  function median(xs) {
+    if (!xs.length) return null;
+    var sorted = xs.slice().sort(function (a, b) { return a - b; });
+    return sorted[Math.floor(sorted.length / 2)];
+  }
+
+  // Time between two rows beyond which nothing was recorded: three of the usual steps
+  // (5 s rows, or 1 min rows for long ranges), and never less than three scrapes.
+  function gapLimit(rows) {
+    var steps = [];
+    for (var i = 1; i < rows.length; i++) steps.push(rows[i].ts - rows[i - 1].ts);
+    var step = median(steps);
+    return Math.max(3 * state.scrapeInterval, 3 * (step || 0));
+  }
+
+  // Rows of each selected variant, aligned on one x axis.  Where a variant has no row for
+  // longer than gapLimit (the dashboard or its store was down), a row of nulls is put in,
+  // so the line breaks there instead of running straight across the outage.  uPlot.join
+  // marks points a variant lacks as undefined (spanned), while a null stays a gap.
   function buildData(panel) {
     var variants = selectedVariants();
     var all = [];
-    variants.forEach(function (v) { all = all.concat(state.data[v] || []); });
+    variants.forEach(function (v) { all = all.concat(windowRows(v)); });
     var defs = panel.series(all);
     var tables = [];
     var series = [];
-    variants.forEach(function (v, vi) {
-      var rows = state.data[v] || [];
-      var table = [rows.map(function (s) { return s.ts; })];
+    var gaps = [];
+    variants.forEach(function (v) {
+      var rows = windowRows(v);
+      var limit = gapLimit(rows);
+      var ts = [];
+      var cols = defs.map(function () { return []; });
+      rows.forEach(function (s, i) {
+        if (i > 0 && s.ts - rows[i - 1].ts > limit) {
+          var at = (s.ts + rows[i - 1].ts) / 2;
+          gaps.push({ variant: v, from: rows[i - 1].ts, to: s.ts });
+          ts.push(at);
+          cols.forEach(function (c) { c.push(null); });
+        }
+        ts.push(s.ts);
+        defs.forEach(function (d, di) { cols[di].push(d.get(s)); });
+      });
+      var shades = FAMILIES[state.theme][v] || FAMILIES[state.theme].production;
       defs.forEach(function (d, di) {
-        table.push(rows.map(d.get));
         series.push({
           label: variants.length > 1 ? d.label + " (" + v + ")" : d.label,
           def: d,
           variant: v,
-          color: PALETTE[di % PALETTE.length],
-          dash: vi === 1 ? [6, 4] : null,
+          color: shades[di % shades.length],
+          // Within a family a second round of shades is dashed; canary is told by hue.
+          dash: di >= shades.length ? [6, 4] : null,
         });
       });
-      tables.push(table);
+      tables.push([ts].concat(cols));
     });
     var data;
     if (tables.length === 1) {
@@ -352,7 +435,23 @@
       var modes = tables.map(function (t) { return t.slice(1).map(function () { return 1; }); });
       data = uPlot.join(tables, modes);
     }
-    return { data: data, series: series };
+    return { data: data, series: series, gaps: gaps };
+  }
+
+  // Last, mean and max of each series over the window, for the legend.
+  function seriesStats(data) {
+    return data.map(function (ys, i) {
+      if (i === 0) return null;
+      var sum = 0, n = 0, max = null, last = null;
+      for (var k = 0; k < ys.length; k++) {
+        var y = ys[k];
+        if (y === null || y === undefined) continue;
+        sum += y; n++;
+        if (max === null || y > max) max = y;
+        last = y;
+      }
+      return { last: last, mean: n ? sum / n : null, max: max };
+    });
   }
 
   // Time axis: one line of times, and under the first tick and each new day a second line
@@ -383,46 +482,68 @@
     });
   }
 
-  // The legend shows the values under the pointer; with no pointer over the chart, each
-  // series' latest point (what hovering the right edge would show), so the panel reads
-  // at a glance.  A point another variant has and this series lacks (undefined after
-  // uPlot.join) is skipped; a null is a real "no value" and shows as such.
+  // The legend is a table: per series its last, mean and max over the window, in the
+  // series' unit, shown without hovering.  Under the pointer, "last" is the value at the
+  // pointer instead.  A point another variant has and this series lacks (undefined after
+  // uPlot.join) is skipped; a null is a real "no value" and shows as "—".
   function latestIndex(ys) {
     for (var i = ys.length - 1; i >= 0; i--) if (ys[i] !== undefined) return i;
     return null;
   }
 
-  function legendValue(fmt) {
-    return function (u, v, sidx, idx) {
-      if (idx === null || idx === undefined) {
-        var ys = u.data[sidx];
-        var last = latestIndex(ys);
-        v = last === null ? null : ys[last];
-      }
-      return fmt(v);
+  function legendValues(fmt) {
+    return function (u, sidx, idx) {
+      var ys = u.data && u.data[sidx] ? u.data[sidx] : [];
+      var at = idx === null || idx === undefined ? latestIndex(ys) : idx;
+      var v = at === null ? null : ys[at];
+      if (sidx === 0) return { last: stamp(v), mean: "", max: "" };
+      var st = (u.__stats && u.__stats[sidx]) || {};
+      return { last: fmt(v), mean: fmt(st.mean), max: fmt(st.max) };
     };
   }
+
+  // uPlot asks for the x range after new data with the data's first and last x (later,
+  // in a microtask, so no flag around setData can tell), and after a drag with the
+  // selection: the first is pinned to the view window, the second taken as asked.
+  function fitsData(u, min, max) {
+    var xs = u.data && u.data[0] ? u.data[0] : [];
+    if (min === null || max === null || !xs.length) return true;
+    return min === xs[0] && max === xs[xs.length - 1];
+  }
+
+  function hideKey(panel, label) { return panel.id + ":" + label; }
 
   function makeChart(panel, el, built) {
     var text = cssVar("--text");
     var grid = cssVar("--grid");
     var axis = { stroke: text, grid: { stroke: grid }, ticks: { stroke: grid } };
-    var first = built.series.find(function (s) { return !s.def.scale; });
-    var leftFmt = first ? first.def.fmt : fmtNum;
     var opts = {
       width: Math.max(200, el.clientWidth),
       height: 240,
-      cursor: { drag: { x: true, y: false } },
+      cursor: {
+        drag: { x: true, y: false },
+        // One crosshair across the panels; a legend click toggles only its own chart.
+        sync: { key: "zai-dashboard", setSeries: false },
+        // A double click goes back to live (below), not to uPlot's own reset.
+        bind: { dblclick: function () { return null; } },
+      },
       legend: { live: true },
-      scales: { x: { time: true } },
+      scales: {
+        x: {
+          time: true,
+          // The axis is the range up to now (or the zoom), however little data there is;
+          // a drag's window is taken as asked.
+          range: function (u, min, max) { return fitsData(u, min, max) ? viewWindow() : [min, max]; },
+        },
+      },
       axes: [
         Object.assign({}, axis, { space: TIME_SPACE, incrs: TIME_INCRS, values: timeAxisValues }),
         Object.assign({}, axis, {
           size: 60,
-          values: function (u, vals) { return vals.map(leftFmt); },
+          values: function (u, vals) { return vals.map(panel.axis); },
         }),
       ],
-      series: [{ label: "time", value: legendValue(stamp) }].concat(
+      series: [{ label: "time", values: legendValues(stamp) }].concat(
         built.series.map(function (s) {
           return {
             label: s.label,
@@ -431,12 +552,29 @@
             dash: s.dash || undefined,
             scale: s.def.scale || "y",
             spanGaps: false,
+            show: !state.hidden.has(hideKey(panel, s.label)),
             points: { show: false },
-            // The legend doubles as the tooltip: exact values at the cursor.
-            value: legendValue(exact),
+            values: legendValues(s.def.fmt),
           };
         })
       ),
+      hooks: {
+        // The legend's corner names the time its "last" column stands for.
+        setLegend: [function (u) {
+          var corner = u.root.querySelector(".u-legend thead th");
+          if (!corner) return;
+          var xs = u.data && u.data[0] ? u.data[0] : [];
+          var at = u.cursor.idx === null || u.cursor.idx === undefined ? xs.length - 1 : u.cursor.idx;
+          corner.textContent = at >= 0 ? stamp(xs[at]) : "";
+        }],
+        setScale: [function (u, key) { if (key === "x") onScale(u); }],
+        setSeries: [function (u, sidx, opts) {
+          if (!sidx || !opts || opts.show === undefined) return;
+          var k = hideKey(panel, u.series[sidx].label);
+          if (opts.show) state.hidden.delete(k); else state.hidden.add(k);
+          writeParams();
+        }],
+      },
     };
     if (panel.right) {
       opts.axes.push(Object.assign({}, axis, {
@@ -447,33 +585,126 @@
         values: function (u, vals) { return vals.map(fmtNum); },
       }));
     }
-    return new uPlot(opts, built.data, el);
+    var plot = new uPlot(opts, built.data, el);
+    plot.over.addEventListener("dblclick", backToLive);
+    return plot;
+  }
+
+  // ------------------------------------------------------------------ zoom
+
+  // uPlot changed a chart's x scale: by the range function (live, or the zoom kept), or by
+  // a drag.  A drag pauses the live view and zooms every chart to the same window.
+  function onScale(u) {
+    var want = viewWindow();
+    var min = u.scales.x.min;
+    var max = u.scales.x.max;
+    if (min === null || max === null) return;
+    if (Math.abs(min - want[0]) < 0.5 && Math.abs(max - want[1]) < 0.5) return;
+    state.zoom = [min, max];
+    Object.keys(charts).forEach(function (id) {
+      var other = charts[id].plot;
+      if (other !== u) other.setScale("x", { min: min, max: max });
+    });
+    syncLive();
+  }
+
+  function backToLive() {
+    if (!state.zoom) return;
+    state.zoom = null;
+    syncLive();
+    renderAll();
+  }
+
+  function syncLive() {
+    var box = document.getElementById("live-state");
+    box.hidden = !state.zoom;
+    box.setAttribute("data-paused", state.zoom ? "true" : "false");
+    if (state.zoom) {
+      document.getElementById("live-text").textContent =
+        "Paused on " + clock(new Date(state.zoom[0] * 1000), true) + "–" + clock(new Date(state.zoom[1] * 1000), true);
+    }
+  }
+
+  // While live, the axis keeps running to now even when no data arrives (an outage).
+  function followNow() {
+    if (state.zoom) return;
+    var w = viewWindow();
+    Object.keys(charts).forEach(function (id) { charts[id].plot.setScale("x", { min: w[0], max: w[1] }); });
+  }
+
+  function panelNote(root) {
+    var note = root.querySelector(".panel-note");
+    if (!note) {
+      note = document.createElement("div");
+      note.className = "panel-note";
+      root.insertBefore(note, root.querySelector(".skeleton"));
+    }
+    return note;
+  }
+
+  function showHistoryError(root) {
+    var errorEl = root.querySelector(".panel-error");
+    errorEl.textContent = "";
+    var msg = document.createElement("span");
+    msg.className = "msg";
+    msg.textContent = "History could not be loaded: " + state.historyError + ". ";
+    var retry = document.createElement("button");
+    retry.type = "button";
+    retry.className = "retry";
+    retry.textContent = "Retry";
+    retry.addEventListener("click", function () {
+      retry.disabled = true;
+      msg.textContent = "Retrying…";
+      backfill();
+    });
+    errorEl.appendChild(msg);
+    errorEl.appendChild(retry);
+    errorEl.hidden = false;
+    root.querySelector(".skeleton").hidden = true;
   }
 
   function renderPanel(panel) {
     var root = panelEl(panel.id);
     var errorEl = root.querySelector(".panel-error");
     try {
+      if (state.historyError) showHistoryError(root);
       if (!state.loaded) return;
       var chartEl = root.querySelector(".chart");
       var built = buildData(panel);
       var signature = built.series.map(function (s) { return s.label; }).join("\u0000");
       var current = charts[panel.id];
+      var stats = seriesStats(built.data);
       if (current && current.signature === signature) {
-        current.plot.setData(built.data);
+        // A zoom pauses the live view: the data stays as it was until "back to live".
+        if (!state.zoom) {
+          current.plot.__stats = stats;
+          current.plot.setData(built.data);
+        }
       } else {
         if (current) current.plot.destroy();
-        charts[panel.id] = { plot: makeChart(panel, chartEl, built), signature: signature };
+        var plot = makeChart(panel, chartEl, built);
+        plot.__stats = stats;
+        plot.setData(built.data);
+        charts[panel.id] = { plot: plot, signature: signature };
       }
       root.querySelector(".skeleton").hidden = true;
-      errorEl.hidden = true;
+      if (!state.historyError) errorEl.hidden = true;
+      var empty = built.data[0].length === 0;
+      var note = panelNote(root);
+      note.textContent = empty
+        ? "No data stored for " + selectedVariants().join(" or ") + " in the last " + state.range +
+          ": nothing was scraped yet (are the proxies up?)."
+        : "";
+      note.hidden = !empty;
+      root.setAttribute("data-empty", empty ? "true" : "false");
       dash.panels[panel.id] = {
         points: built.data[0].length,
+        gaps: built.gaps,
         series: built.series.map(function (s, i) {
           var ys = built.data[i + 1];
           var nonNull = 0;
           for (var k = 0; k < ys.length; k++) if (ys[k] !== null && ys[k] !== undefined) nonNull++;
-          return { label: s.label, variant: s.variant, length: ys.length, nonNull: nonNull };
+          return { label: s.label, variant: s.variant, color: s.color, length: ys.length, nonNull: nonNull };
         }),
       };
       if (panel.id === "tokens") renderTokenStrip();
@@ -493,7 +724,7 @@
     var lastTs = null;
     var count = 0;
     selectedVariants().forEach(function (v) {
-      (state.data[v] || []).forEach(function (s) {
+      windowRows(v).forEach(function (s) {
         count++;
         if (firstTs === null || s.ts < firstTs) firstTs = s.ts;
         if (lastTs === null || s.ts > lastTs) lastTs = s.ts;
@@ -520,7 +751,7 @@
     var list = document.getElementById("error-types");
     list.textContent = "";
     selectedVariants().forEach(function (v) {
-      var rows = state.data[v] || [];
+      var rows = windowRows(v);
       var latest = rows.length ? rows[rows.length - 1] : null;
       var keys = mapKeys("upstream_error_rates", rows);
       keys.forEach(function (key) {
@@ -650,7 +881,7 @@
         state.targets = Array.isArray(body.targets) ? body.targets : [];
         dash.status = body;
         dash.statusPolls++;
-        try { renderLimiterInfo(); } catch (err) { dash.errors.limiterInfo = String(err); }
+        try { renderLimiterInfo(); renderStatus(); } catch (err) { dash.errors.limiterInfo = String(err); }
       })
       .catch(function () { /* the stream's reconnect says the dashboard is away */ })
       .then(function () {
@@ -679,7 +910,6 @@
     var box = document.getElementById("status-variants");
     box.textContent = "";
     selectedVariants().forEach(function (v) {
-      var s = latestLive(v) || {};
       var item = document.createElement("span");
       item.className = "status-variant";
       item.id = "status-" + v;
@@ -687,25 +917,13 @@
       name.className = "name";
       name.textContent = v;
       item.appendChild(name);
-      var tokenRate = null;
-      ["token_rate_in", "token_rate_out"].forEach(function (k) {
-        if (typeof s[k] === "number") tokenRate = (tokenRate || 0) + s[k];
-      });
-      var workers = typeof s.concurrent === "number" || typeof s.max_workers === "number"
-        ? fmtNum(s.concurrent) + "/" + fmtNum(s.max_workers) : "—";
-      [
-        ["req", fmtNum(s.req_rate) + " req/s"],
-        ["p50", "p50 " + fmtMs(s.latency_p50_ms)],
-        ["tokens", fmtNum(tokenRate) + " tok/s"],
-        ["errors", fmtPct(s.error_rate_pct) + " errors"],
-        ["workers", workers + " workers"],
-      ].forEach(function (pair) {
-        var m = document.createElement("span");
-        m.className = "metric";
-        m.setAttribute("data-metric", pair[0]);
-        m.textContent = pair[1];
-        item.appendChild(m);
-      });
+      var pods = state.targets.filter(function (t) { return t && t.variant === v; });
+      var up = pods.filter(function (t) { return t.up; }).length;
+      var health = document.createElement("span");
+      health.className = "metric scrape " + (pods.length && up === pods.length ? "ok" : "bad");
+      health.setAttribute("data-metric", "scrape");
+      health.textContent = pods.length ? up + "/" + pods.length + " scraped" : "no target";
+      item.appendChild(health);
       var stale = document.createElement("span");
       stale.className = "stale-marker";
       stale.id = "stale-" + v;
@@ -714,6 +932,181 @@
       item.appendChild(stale);
       box.appendChild(item);
     });
+    renderScrapeHealth();
+  }
+
+  // The proxies' health as the dashboard's scrapes see it (/api/status), beside the
+  // browser's own link to the dashboard.
+  function renderScrapeHealth() {
+    var el = document.getElementById("scrape-health");
+    var total = state.targets.length;
+    var up = state.targets.filter(function (t) { return t && t.up; }).length;
+    el.setAttribute("data-up", String(up));
+    el.setAttribute("data-total", String(total));
+    var known = dash.statusPolls > 0 && state.conn === "connected";
+    el.setAttribute("data-state", !known ? "unknown" : total && up === total ? "ok" : "bad");
+    el.textContent = !known ? "unknown" : up + " of " + total + " targets up";
+  }
+
+  // ------------------------------------------------------------------ verdict strip
+
+  // A variant's figures over the last `seconds`: rates weighted by the time each row
+  // covers, error % and p95 by the requests each row saw (p95 so is an approximation, as
+  // the store's one-minute rows are).
+  function aggregate(v, seconds) {
+    var since = Date.now() / 1000 - seconds;
+    var secs = 0, reqs = 0, tok = 0, errW = 0, errReq = 0, p95W = 0, p95Req = 0;
+    var conc = [], maxw = [], first = null;
+    (state.data[v] || []).forEach(function (s) {
+      if (s.ts < since || s.stale || !(s.interval_s > 0)) return;
+      if (first === null) first = s.ts;
+      var iv = s.interval_s;
+      var n = (s.req_rate || 0) * iv;
+      secs += iv;
+      reqs += n;
+      tok += ((s.token_rate_in || 0) + (s.token_rate_out || 0)) * iv;
+      if (typeof s.error_rate_pct === "number" && n > 0) { errW += s.error_rate_pct * n; errReq += n; }
+      if (typeof s.latency_p95_ms === "number" && n > 0) { p95W += s.latency_p95_ms * n; p95Req += n; }
+      if (typeof s.concurrent === "number") conc.push(s.concurrent);
+      if (typeof s.max_workers === "number") maxw.push(s.max_workers);
+    });
+    if (!secs) return null;
+    var mean = function (xs) { return xs.length ? xs.reduce(function (a, b) { return a + b; }, 0) / xs.length : null; };
+    var c = mean(conc), m = mean(maxw);
+    return {
+      since: first,
+      req: reqs / secs,
+      err: errReq ? errW / errReq : null,
+      p95: p95Req ? p95W / p95Req : null,
+      tok: tok / secs,
+      concurrent: c,
+      workers: m,
+      util: c !== null && m ? c / m : null,
+    };
+  }
+
+  function level(value, limits) {
+    if (!limits || value === null || value === undefined) return "";
+    if (limits.bad !== undefined && value >= limits.bad) return "bad";
+    if (limits.warn !== undefined && value > limits.warn) return "warn";
+    return "ok";
+  }
+
+  var TILES = [
+    { metric: "req", name: "req/s", show: function (a) { return fmtNum(a.req); } },
+    { metric: "errors", name: "errors", show: function (a) { return fmtPct(a.err); },
+      level: function (a, t) { return level(a.err, t.error_pct); } },
+    { metric: "p95", name: "p95", show: function (a) { return fmtMs(a.p95); },
+      level: function (a, t) { return level(a.p95, t.p95_ms); } },
+    { metric: "tokens", name: "tok/s", show: function (a) { return fmtNum(a.tok); } },
+    { metric: "workers", name: "workers busy", show: function (a) { return fmtNum(a.concurrent) + "/" + fmtNum(a.workers); },
+      level: function (a, t) { return level(a.util, t.utilization); } },
+  ];
+
+  function renderVerdict() {
+    var box = document.getElementById("verdict-variants");
+    box.textContent = "";
+    selectedVariants().forEach(function (v) {
+      var row = document.createElement("div");
+      row.className = "verdict-variant";
+      row.id = "verdict-" + v;
+      row.setAttribute("data-variant", v);
+      var name = document.createElement("span");
+      name.className = "name";
+      name.textContent = v;
+      row.appendChild(name);
+      var windows = { "1m": aggregate(v, 60), "5m": aggregate(v, 300) };
+      TILES.forEach(function (tile) {
+        var el = document.createElement("div");
+        el.className = "tile";
+        el.setAttribute("data-metric", tile.metric);
+        var label = document.createElement("span");
+        label.className = "tile-name";
+        label.textContent = tile.name;
+        el.appendChild(label);
+        var worst = "";
+        ["1m", "5m"].forEach(function (w) {
+          var a = windows[w];
+          var fig = document.createElement("span");
+          fig.className = "fig";
+          fig.setAttribute("data-window", w);
+          fig.textContent = (a ? tile.show(a) : "—") + " " + w;
+          var lv = a && tile.level && state.thresholds ? tile.level(a, state.thresholds) : "";
+          fig.setAttribute("data-level", lv);
+          // The tile takes the 5 min figure's colour: the alert rules' own window.
+          if (w === "5m") worst = lv;
+          el.appendChild(fig);
+        });
+        el.setAttribute("data-level", worst);
+        row.appendChild(el);
+      });
+      box.appendChild(row);
+    });
+    renderCompare();
+  }
+
+  function renderCompare() {
+    var el = document.getElementById("compare");
+    var prod = aggregate("production", COMPARE_S);
+    var can = aggregate("canary", COMPARE_S);
+    if (!prod || !can) {
+      el.textContent = "Canary vs production: not enough data for both variants yet.";
+      el.setAttribute("data-level", "");
+      return;
+    }
+    var since = Math.max(prod.since, can.since);
+    var minutes = Math.max(1, Math.round((Date.now() / 1000 - since) / 60));
+    var parts = [];
+    var bad = false;
+    var t = state.thresholds || {};
+    if (prod.p95 && can.p95 !== null) {
+      var change = (can.p95 / prod.p95 - 1) * 100;
+      parts.push("p95 " + (change >= 0 ? "+" : "−") + trim(Math.abs(change)) + " %");
+      if (t.canary_p95 && can.p95 > t.canary_p95.ratio * prod.p95) bad = true;
+    } else {
+      parts.push("p95 —");
+    }
+    if (prod.err !== null && can.err !== null) {
+      parts.push(prod.err > 0
+        ? "errors " + trim(can.err / prod.err) + "×"
+        : "errors " + fmtPct(can.err) + " vs " + fmtPct(prod.err));
+      if (t.canary_errors && can.err > t.canary_errors.ratio * (prod.err + t.canary_errors.floor_pct)) bad = true;
+    } else {
+      parts.push("errors —");
+    }
+    el.textContent = "Canary vs production: " + parts.join(", ") + ", last " + minutes + " min" +
+      (bad ? " (worse than the canary alert rules allow)" : "");
+    el.setAttribute("data-level", state.thresholds ? (bad ? "bad" : "ok") : "");
+  }
+
+  // "data since 3:19pm" when the history is shorter than the range.
+  function renderRangeNote() {
+    var el = document.getElementById("range-note");
+    var first = null;
+    selectedVariants().forEach(function (v) {
+      var rows = windowRows(v);
+      if (rows.length && (first === null || rows[0].ts < first)) first = rows[0].ts;
+    });
+    var start = windowStart();
+    var short = first !== null && first - start > Math.max(10, 3 * state.scrapeInterval);
+    el.setAttribute("data-since", short ? String(first) : "");
+    el.textContent = first === null
+      ? "no data in the last " + state.range
+      : short ? "data since " + clock(new Date(first * 1000), false) + " (range " + state.range + ")"
+        : "last " + state.range;
+  }
+
+  function loadConfig() {
+    fetch("/api/config", { cache: "no-store" })
+      .then(function (r) {
+        if (!r.ok) throw new Error("config request failed: HTTP " + r.status);
+        return r.json();
+      })
+      .then(function (body) {
+        state.thresholds = body.thresholds || null;
+        scheduleRender();
+      })
+      .catch(function () { setTimeout(loadConfig, 5000); });
   }
 
   // ------------------------------------------------------------------ rendering
@@ -724,6 +1117,7 @@
     renderQueued = false;
     PANELS.forEach(renderPanel);
     try { renderStatus(); } catch (err) { dash.errors.status = String(err); }
+    try { renderVerdict(); renderRangeNote(); } catch (err) { dash.errors.verdict = String(err); }
     try { renderLimiterInfo(); } catch (err) { dash.errors.limiterInfo = String(err); }
   }
 
@@ -751,6 +1145,7 @@
     var el = document.getElementById("conn-state");
     el.textContent = name;
     el.setAttribute("data-state", name);
+    renderScrapeHealth();
   }
 
   function clearRetry() {
@@ -831,8 +1226,13 @@
     if (window.ResizeObserver) new ResizeObserver(resizeCharts).observe(document.getElementById("grid"));
     else window.addEventListener("resize", resizeCharts);
     // Staleness depends on the clock, not only on new data.
-    setInterval(function () { try { renderStatus(); } catch (err) { dash.errors.status = String(err); } }, 1000);
+    setInterval(function () {
+      try { renderStatus(); } catch (err) { dash.errors.status = String(err); }
+      followNow();
+    }, 1000);
+    document.getElementById("back-to-live").addEventListener("click", backToLive);
     renderStatus();
+    loadConfig();
     connect();
   }
 

@@ -361,17 +361,21 @@ def test_every_panel_draws_data(open_page: Callable[[str], Page]) -> None:
         "cache_write/s",
     ]
     assert page.locator("#conn-state").get_attribute("data-state") == "connected"
-    assert "req/s" in page.locator("#status-production").inner_text()
+    assert "scraped" in page.locator("#status-production").inner_text()
 
 
-# Each panel's legend as shown: per row (time first) its label, its text, and the value it
-# should show: the row's point under the pointer, or with no pointer its latest point
-# (uPlot.join marks a point only the other variant has as undefined, which is skipped).
+# Each panel's legend as shown: per row (time first) its label, its last / mean / max
+# texts, and the values they should show: last is the row's point under the pointer, or
+# with no pointer its latest point (uPlot.join marks a point only the other variant has as
+# undefined, which is skipped); mean and max are over the drawn points.
 _LEGENDS_JS = """(ids) => Object.fromEntries(ids.map(id => {
     const u = window.__dash.chart(id);
-    const rows = Array.from(u.root.querySelectorAll('.u-legend .u-series'));
+    const rows = Array.from(u.root.querySelectorAll('.u-legend tbody .u-series'));
     const idx = u.cursor.idx;
-    return [id, {hovered: idx ?? null, rows: rows.map((row, s) => {
+    const head = Array.from(u.root.querySelectorAll('.u-legend thead th'))
+        .map(th => th.textContent);
+    return [id, {hovered: idx ?? null, head, rows: rows.map((row, i) => {
+        const s = i + 1;
         const ys = u.data[s];
         let at = null;
         if (idx === null || idx === undefined) {
@@ -380,15 +384,30 @@ _LEGENDS_JS = """(ids) => Object.fromEntries(ids.map(id => {
             at = u.cursor.idxs[s] ?? idx;
         }
         const value = at === null ? null : ys[at];
+        const present = ys.filter(y => y !== null && y !== undefined);
         return {
             label: row.querySelector('.u-label').textContent,
-            text: row.querySelector('.u-value').textContent,
-            value: value === undefined ? null : value,
+            texts: Array.from(row.querySelectorAll('.u-value')).map(c => c.textContent),
+            values: [
+                value === undefined ? null : value,
+                present.length ? present.reduce((a, b) => a + b, 0) / present.length : null,
+                present.length ? Math.max(...present) : null,
+            ],
         };
     })}];
 }))"""
 STAMP = re.compile(r"\d{1,2}/\d{1,2}/\d{2} \d{1,2}:\d{2}:\d{2}[ap]m")
-NUMBER = re.compile(r"-?\d+(\.\d+)?")
+# A legend figure in its series' unit, as the axis would write it: "7.5 s", "12 req/s".
+SHOWN = re.compile(r"(-?\d+(?:\.\d+)?)([kMGT]?)(?: ?(ms|s|%|req/s|tok/s|/s|req|workers))?")
+SCALE = {"": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+UNITS = {
+    "requests": {"req/s"},
+    "latency": {"ms", "s"},
+    "tokens": {"tok/s"},
+    "concurrency": {"req", "workers"},
+    "limiter": {"req/s", None},
+    "errors": {"%", "/s"},
+}
 BOTH = ("production", "canary")
 # Series with a value at the latest scrape of a proxy serving traffic (latency and error %
 # only once a request finished in the interval, which the test waits for).
@@ -407,19 +426,29 @@ def legends(page: Any) -> dict[str, Any]:
     return shown
 
 
+def shown_value(panel: str, text: str) -> float:
+    """The number a legend text stands for, in the series' base unit (ms for latency)."""
+    match = SHOWN.fullmatch(text)
+    assert match, (panel, text)
+    number, prefix, unit = match.groups()
+    assert unit in UNITS[panel], (panel, text)
+    return float(number) * SCALE[prefix] * (1000.0 if unit == "s" else 1.0)
+
+
 def assert_legend_shows_its_values(panel: str, legend: dict[str, Any]) -> None:
-    (time_row, *rows) = legend["rows"]
-    assert time_row["label"] == "time"
-    assert STAMP.fullmatch(time_row["text"]), (panel, time_row)
-    for row in rows:
-        if row["value"] is None:
-            assert row["text"] == "—", (panel, row)
-        else:
-            assert row["text"] != "—", (panel, row)
-            assert float(row["text"]) == pytest.approx(row["value"], abs=5e-4), (panel, row)
+    # The header: the time of the "last" column (the pointer's, or the latest point's).
+    assert STAMP.fullmatch(legend["head"][0]), (panel, legend["head"])
+    assert legend["head"][1:] == ["last", "mean", "max"], (panel, legend["head"])
+    for row in legend["rows"]:
+        for text, value in zip(row["texts"], row["values"], strict=True):
+            if value is None:
+                assert text == "—", (panel, row)
+            else:
+                shown = shown_value(panel, text)
+                assert shown == pytest.approx(value, rel=6e-3, abs=5.1e-3), (panel, row)
 
 
-def test_legends_show_the_latest_values_until_the_pointer_hovers(
+def test_legends_show_last_mean_and_max_in_their_unit_without_hovering(
     open_page: Callable[[str], Page],
 ) -> None:
     p = open_page("?variant=both&range=5m")
@@ -434,15 +463,15 @@ def test_legends_show_the_latest_values_until_the_pointer_hovers(
             f"""(wanted) => {{
                 const shown = ({_LEGENDS_JS})({list(PANELS)!r});
                 const texts = Object.fromEntries(Object.values(shown).flatMap(
-                    legend => legend.rows.map(row => [row.label, row.text])));
-                return wanted.every(label => /^-?\\d+(\\.\\d+)?$/.test(texts[label])) && shown;
+                    legend => legend.rows.map(row => [row.label, row.texts[0]])));
+                return wanted.every(label => /^-?\\d/.test(texts[label])) && shown;
             }}""",
             arg=wanted,
         ).json_value()
     except playwright_sync.TimeoutError:
         shown = legends(page)  # the assertions below show what the legends say
-    texts = {row["label"]: row["text"] for legend in shown.values() for row in legend["rows"]}
-    assert {label: texts[label] for label in wanted if not NUMBER.fullmatch(texts[label])} == {}
+    texts = {row["label"]: row["texts"][0] for legend in shown.values() for row in legend["rows"]}
+    assert {label: texts[label] for label in wanted if texts[label] == "—"} == {}
     for panel in PANELS:
         assert shown[panel]["hovered"] is None, panel
         assert_legend_shows_its_values(panel, shown[panel])
@@ -457,7 +486,7 @@ def test_legends_show_the_latest_values_until_the_pointer_hovers(
     page.wait_for_function("() => window.__dash.chart('requests').cursor.idx == null")
     after = legends(page)["requests"]
     assert_legend_shows_its_values("requests", after)
-    assert NUMBER.fullmatch(after["rows"][1]["text"]), after
+    assert after["rows"][0]["texts"][0].endswith(" req/s"), after
     assert p.page_errors == [] and p.console_errors == []
 
 
@@ -815,3 +844,307 @@ def test_pods_on_a_shared_limiter_show_it_once_and_flag_a_pod_without_redis(
     assert p.page_errors == [] and p.console_errors == []
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.locator("#panel-limiter").screenshot(path=str(SCREENSHOTS / "limiter-pods.png"))
+
+
+# ---------------------------------------------------------------- honest time (issue 18)
+
+_X_SCALE_JS = """(id) => { const u = window.__dash.chart(id);
+    return {min: u.scales.x.min, max: u.scales.x.max, now: Date.now() / 1000}; }"""
+
+
+def test_the_time_axis_runs_over_the_whole_range_up_to_now(
+    open_page: Callable[[str], Page],
+) -> None:
+    p = open_page("?variant=production&range=1h")
+    page = p.page
+    wait_for_data(page)
+    for panel in PANELS:
+        x = page.evaluate(_X_SCALE_JS, panel)
+        assert x["max"] == pytest.approx(x["now"], abs=1.5), panel
+        assert x["min"] == pytest.approx(x["now"] - 3600, abs=1.5), panel
+    # The stack has run for minutes, not an hour: the page says since when it has data.
+    first = page.evaluate("() => window.__dash.state.data.production[0].ts")
+    note = page.locator("#range-note")
+    assert note.inner_text().startswith("data since ")
+    assert float(note.get_attribute("data-since") or 0) == pytest.approx(first, abs=1)
+    assert p.page_errors == [] and p.console_errors == []
+
+
+_DRAG_JS = """(id) => { const r = window.__dash.chart(id).over.getBoundingClientRect();
+    return {x: r.left, y: r.top + r.height / 2, w: r.width}; }"""
+
+
+def test_a_zoom_pauses_live_updates_until_back_to_live_and_the_crosshair_is_shared(
+    open_page: Callable[[str], Page],
+) -> None:
+    p = open_page("?variant=production&range=5m")
+    page = p.page
+    wait_for_data(page, points=5)
+    # One pointer, one crosshair on every chart.
+    box = page.evaluate(_DRAG_JS, "requests")
+    page.mouse.move(box["x"] + box["w"] * 0.9, box["y"])
+    page.wait_for_function("() => window.__dash.chart('latency').cursor.left > 0")
+    synced = page.evaluate(
+        "() => ['requests', 'latency'].map(id => window.__dash.chart(id).cursor.idx)"
+    )
+    assert synced[0] is not None and synced[0] == synced[1]
+
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["w"] * 0.95, box["y"], steps=4)
+    page.mouse.up()
+    page.wait_for_selector("#live-state:visible")
+    zoomed = {panel: page.evaluate(_X_SCALE_JS, panel) for panel in ("requests", "latency")}
+    assert zoomed["requests"]["max"] - zoomed["requests"]["min"] < 60
+    assert zoomed["latency"]["min"] == zoomed["requests"]["min"]
+    # Live snapshots keep coming (4 scrapes, 1 s); the zoom stays where it was.
+    count = page.evaluate("() => window.__dash.state.data.production.length")
+    page.wait_for_function("(n) => window.__dash.state.data.production.length >= n + 4", arg=count)
+    page.wait_for_timeout(1100)  # and the once-a-second "follow now" tick has run
+    for panel, before in zoomed.items():
+        after = page.evaluate(_X_SCALE_JS, panel)
+        assert (after["min"], after["max"]) == (before["min"], before["max"]), panel
+
+    page.click("#back-to-live")
+    assert page.locator("#live-state").is_hidden()
+    x = page.evaluate(_X_SCALE_JS, "requests")
+    assert x["max"] == pytest.approx(x["now"], abs=1.5)
+    assert x["max"] - x["min"] == pytest.approx(300, abs=0.01)
+    assert p.page_errors == [] and p.console_errors == []
+
+
+# Per series of the requests chart: the gaps uPlot left in its path (canvas pixel ranges)
+# and where each null of the data falls (canvas pixels too).
+_GAPS_JS = """([from, to]) => { const u = window.__dash.chart('requests');
+    const last = u.data[0].length - 1;
+    return u.series.slice(1).map((s, i) => ({
+        // The path uPlot draws for the series, built now, against the same scale.
+        gaps: s.paths(u, i + 1, 0, last).gaps || [],
+        // The nulls inside the outage, in the same canvas pixels.
+        nulls: u.data[i + 1].flatMap((y, k) => {
+            const x = u.data[0][k];
+            return y === null && x > from && x < to ? [u.valToPos(x, 'x', true)] : [];
+        }),
+    })); }"""
+
+
+def test_an_outage_is_drawn_as_a_gap(open_page: Callable[[str], Page], stack: Stack) -> None:
+    p = open_page("?variant=production&range=5m")
+    page = p.page
+    wait_for_data(page)
+    port = stack.dashboard.port if stack.dashboard else 0
+    stack.call(stack.stop_dashboard)
+    try:
+        # Two seconds without scrapes: eight missed 0.25 s intervals.
+        page.wait_for_timeout(2000)
+    finally:
+        stack.call(stack.restart_dashboard, port)
+    page.wait_for_selector("#conn-state[data-state=connected]")
+    page.wait_for_function("() => (window.__dash.panels.requests.gaps || []).length > 0")
+    gaps = page.evaluate("() => window.__dash.panels.requests.gaps")
+    gap = max(gaps, key=lambda g: g["to"] - g["from"])
+    assert gap["to"] - gap["from"] > 1.5
+    [series] = page.evaluate(_GAPS_JS, [gap["from"], gap["to"]])
+    assert series["nulls"], "no null in the data at the outage"
+    # The line stops at the outage: every null lies inside a gap of the drawn path.
+    for x in series["nulls"]:
+        assert any(left <= x <= right for left, right in series["gaps"]), (x, series["gaps"])
+    assert p.page_errors == []
+
+
+# ---------------------------------------------------------------- variants (issue 18)
+
+
+def _hue(colour: str) -> float:
+    """The hue (degrees) of a CSS rgb()/#hex colour."""
+    if colour.startswith("#"):
+        r, g, b = (int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5))
+    else:
+        r, g, b = (int(v) / 255 for v in re.findall(r"\d+", colour)[:3])
+    hi, lo = max(r, g, b), min(r, g, b)
+    if hi == lo:
+        return 0.0
+    if hi == r:
+        h = (g - b) / (hi - lo) % 6
+    elif hi == g:
+        h = (b - r) / (hi - lo) + 2
+    else:
+        h = (r - g) / (hi - lo) + 4
+    return 60 * h
+
+
+def _hue_apart(a: float, b: float) -> float:
+    return min(abs(a - b), 360 - abs(a - b))
+
+
+_STROKES_JS = """(id) => { const u = window.__dash.chart(id);
+    const markers = Array.from(u.root.querySelectorAll('.u-legend tbody .u-series .u-marker'));
+    return u.series.slice(1).map((s, i) => ({
+        label: s.label,
+        stroke: typeof s.stroke === 'function' ? s.stroke(u, i + 1) : s.stroke,
+        marker: getComputedStyle(markers[i]).borderColor,
+    })); }"""
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_variants_have_their_own_colour_family(
+    open_page: Callable[[str], Page], theme: str
+) -> None:
+    page = open_page(f"?variant=both&range=5m&theme={theme}").page
+    wait_for_data(page)
+    for panel in ("requests", "latency", "concurrency"):
+        series = page.evaluate(_STROKES_JS, panel)
+        strokes = [s["stroke"] for s in series]
+        assert len(set(strokes)) == len(strokes), (panel, strokes)
+        assert len({s["marker"] for s in series}) == len(series), (panel, series)
+        production = [_hue(s["stroke"]) for s in series if "(production)" in s["label"]]
+        canary = [_hue(s["stroke"]) for s in series if "(canary)" in s["label"]]
+        # Every canary line is at least 60 degrees of hue from every production line.
+        assert min(_hue_apart(a, b) for a in production for b in canary) >= 60, (panel, series)
+
+
+def test_a_series_switched_off_in_the_legend_stays_off_in_the_shared_url(
+    open_page: Callable[[str], Page],
+) -> None:
+    page = open_page("?variant=both&range=5m").page
+    wait_for_data(page)
+    page.locator("#panel-requests .u-legend .u-series", has_text="req/s (canary)").locator(
+        ".u-label"
+    ).click()
+    page.wait_for_function("() => new URLSearchParams(location.search).has('hide')")
+    assert "requests:req/s (canary)" in page.evaluate(
+        "() => new URLSearchParams(location.search).get('hide')"
+    )
+    shared = open_page("?" + page.url.split("?", 1)[1]).page
+    wait_for_data(shared)
+    shown = shared.evaluate(
+        "() => window.__dash.chart('requests').series.slice(1).map(s => [s.label, s.show])"
+    )
+    assert shown == [["req/s (production)", True], ["req/s (canary)", False]]
+
+
+# ---------------------------------------------------------------- failures (issue 18)
+
+
+async def _failing_history(stack: Stack, failing: bool) -> None:
+    """Make the dashboard's /api/metrics answer 500 (its store raises), or stop that."""
+    assert stack.dashboard is not None
+    store = stack.dashboard.store
+    if failing:
+
+        async def broken(*args: object) -> bytes:
+            raise RuntimeError("the store is unreadable")
+
+        store.query_json = broken  # type: ignore[method-assign]
+    else:
+        del store.query_json  # the class's own method again
+    await trio.lowlevel.checkpoint()
+
+
+def test_a_failed_history_request_shows_the_error_and_a_retry_that_recovers(
+    open_page: Callable[[str], Page], stack: Stack
+) -> None:
+    stack.call(_failing_history, stack, True)
+    try:
+        assert httpx.get(stack.url + "/api/metrics").status_code == 500
+        p = open_page("?variant=production&range=5m")
+        page = p.page
+        page.wait_for_selector("#panel-latency .panel-error .retry:visible")
+        for panel in PANELS:
+            error = page.locator(f"#panel-{panel} .panel-error")
+            assert "HTTP 500" in error.inner_text(), panel
+            assert page.locator(f"#panel-{panel} .skeleton").is_hidden(), panel
+    finally:
+        stack.call(_failing_history, stack, False)
+    page.click("#panel-latency .panel-error .retry")
+    wait_for_data(page)
+    for panel in PANELS:
+        assert page.locator(f"#panel-{panel} .panel-error").is_hidden(), panel
+    assert page.evaluate("() => window.__dash.errors") == {}
+    assert p.page_errors == []
+
+
+def test_an_empty_store_says_so(open_pods_page: Callable[[str], Page]) -> None:
+    # The pods stack runs production only: nothing was ever stored for canary.
+    page = open_pods_page("?variant=canary&range=5m").page
+    page.wait_for_selector("#panel-requests .panel-note:visible")
+    for panel in PANELS:
+        note = page.locator(f"#panel-{panel} .panel-note")
+        assert note.inner_text().startswith("No data stored for canary in the last 5m"), panel
+        assert page.locator(f"#panel-{panel} .skeleton").is_hidden(), panel
+    assert page.locator("#range-note").inner_text() == "no data in the last 5m"
+
+
+def test_the_status_bar_shows_the_proxies_scrape_health(
+    open_page: Callable[[str], Page], stack: Stack
+) -> None:
+    page = open_page("?variant=both&range=5m").page
+    page.wait_for_selector("#scrape-health:not([data-state=unknown])")
+    # A real proxy can miss a 0.2 s scrape deadline: wait for what /api/status says.
+    page.wait_for_function(
+        """async () => {
+            const targets = (await (await fetch('/api/status')).json()).targets;
+            const up = targets.filter(t => t.up).length;
+            const el = document.querySelector('#scrape-health');
+            return el.dataset.up === String(up) && el.dataset.total === String(targets.length)
+                && el.textContent === `${up} of ${targets.length} targets up`;
+        }"""
+    )
+    assert page.locator("#scrape-health").get_attribute("data-total") == "2"
+
+
+# ---------------------------------------------------------------- verdict strip (issue 18)
+
+_FIGURE = re.compile(r"(-?\d+(?:\.\d+)?)([kM]?)( ?(?:ms|s|%))? (1m|5m)")
+
+
+def test_the_verdict_strip_colours_figures_by_the_alert_rules(
+    open_page: Callable[[str], Page], stack: Stack
+) -> None:
+    thresholds = httpx.get(stack.url + "/api/config").json()["thresholds"]
+    page = open_page("?variant=both&range=5m").page
+    wait_for_data(page)
+    page.wait_for_selector(
+        "#verdict-canary .tile[data-metric=errors][data-level]:not([data-level=''])"
+    )
+    tiles = page.evaluate(
+        """() => Array.from(document.querySelectorAll('.verdict-variant')).map(row => ({
+            variant: row.dataset.variant,
+            tiles: Array.from(row.querySelectorAll('.tile')).map(t => ({
+                metric: t.dataset.metric, level: t.dataset.level,
+                figs: Array.from(t.querySelectorAll('.fig')).map(f =>
+                    ({text: f.textContent, window: f.dataset.window, level: f.dataset.level})),
+            })),
+        }))"""
+    )
+    assert [row["variant"] for row in tiles] == ["production", "canary"]
+    for row in tiles:
+        assert [t["metric"] for t in row["tiles"]] == ["req", "errors", "p95", "tokens", "workers"]
+        for tile in row["tiles"]:
+            assert [f["window"] for f in tile["figs"]] == ["1m", "5m"]
+            if tile["metric"] == "workers":
+                continue
+            for fig in tile["figs"]:
+                match = _FIGURE.fullmatch(fig["text"])
+                assert match, fig
+                value = float(match[1]) * {"": 1, "k": 1e3, "M": 1e6}[match[2]]
+                if tile["metric"] == "errors":
+                    limits = thresholds["error_pct"]
+                    want = (
+                        "bad"
+                        if value >= limits["bad"]
+                        else "warn"
+                        if value > limits["warn"]
+                        else "ok"
+                    )
+                    assert fig["level"] == want, fig
+                if tile["metric"] == "p95":
+                    value *= 1000 if (match[3] or "").strip() == "s" else 1
+                    want = "bad" if value >= thresholds["p95_ms"]["bad"] else "ok"
+                    assert fig["level"] == want, fig
+            assert tile["level"] == tile["figs"][1]["level"], tile
+    compare = page.locator("#compare").inner_text()
+    assert re.fullmatch(
+        r"Canary vs production: p95 [+−]\d+(\.\d+)? %, errors (\d+(\.\d+)?×|[\d.]+% vs [\d.]+%),"
+        r" last \d+ min( \(worse than the canary alert rules allow\))?",
+        compare,
+    ), compare

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+import yaml
 
 from tests.conftest import ProxyHandle
 from zai_proxy.dashboard import (
@@ -35,6 +37,7 @@ MESSAGE = {
 }
 # Nothing listens on port 1; "canary" in the URL makes it the canary variant.
 DOWN_TARGET = "http://127.0.0.1:1/canary/metrics"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -172,6 +175,41 @@ async def test_config_shows_targets_without_userinfo(dashboard: Dashboard) -> No
     assert config["targets"] == [f"{origin}/metrics", DOWN_TARGET]
     assert config["scrape_interval_s"] == 0.2
     assert "s3cret" not in response.text and "scraper" not in response.text
+
+
+def _rule(name: str) -> str:
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules.yml").read_text())
+    [expr] = [r["expr"] for g in rules["groups"] for r in g["rules"] if r["alert"] == name]
+    return " ".join(str(expr).split())
+
+
+def _compared(expr: str, op: str) -> float:
+    """The number an alert expression compares with after `op` ("> 0.05" -> 0.05)."""
+    found = re.findall(re.escape(op) + r" ?(\d+(?:\.\d+)?)", expr)
+    assert found, (expr, op)
+    return float(found[-1])
+
+
+async def test_config_serves_the_alert_rules_thresholds(dashboard: Dashboard) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        served = (await client.get(dashboard.url + "/api/config")).json()["thresholds"]
+    assert served["error_pct"]["warn"] == 100 * _compared(
+        _rule("ZaiProxyErrorRateAboveTarget"), ">"
+    )
+    assert served["error_pct"]["bad"] == 100 * _compared(_rule("ZaiProxyHighErrorRate"), ">")
+    assert served["p95_ms"]["bad"] == 1000 * _compared(_rule("ZaiProxyHighLatency"), ">")
+    assert served["upstream_429_pct"]["bad"] == 100 * _compared(
+        _rule("ZaiProxyUpstream429RateHigh"), ">"
+    )
+    assert served["utilization"]["warn"] == _compared(_rule("ZaiProxyHighUtilization"), ">")
+    # At max capacity: every worker busy, concurrent >= max_workers.
+    assert ">= sum by (variant) (zai_proxy_max_workers)" in _rule("ZaiProxyAtMaxCapacity")
+    assert served["utilization"]["bad"] == 1.0
+    degraded = _rule("ZaiProxyCanaryDegradedVsProduction")
+    assert served["canary_errors"]["ratio"] == _compared(degraded, "> ")
+    assert served["canary_errors"]["floor_pct"] == 100 * _compared(degraded, "+")
+    slower = _rule("ZaiProxyCanarySlowerThanProduction")
+    assert served["canary_p95"]["ratio"] == _compared(slower, "> ")
 
 
 async def test_healthz(dashboard: Dashboard) -> None:

@@ -41,6 +41,7 @@ from .hub import Hub
 from .store import AsyncStore
 
 __all__ = [
+    "ALERT_THRESHOLDS",
     "DEFAULT_RANGE",
     "ECHO_LIMIT",
     "RANGES",
@@ -73,6 +74,23 @@ RANGES: dict[str, float] = {
 DEFAULT_RANGE = "1h"
 VARIANT_CHOICES = (*VARIANTS, "all")
 STATIC_DIR = _find_static_dir()
+# The alert rules' thresholds (deploy/prometheus/rules.yml), served in /api/config so the
+# page colours its verdict tiles by the rules, not by figures of its own; a test reads
+# the rules file and checks that these agree with it.
+ALERT_THRESHOLDS: dict[str, dict[str, float]] = {
+    # ZaiProxyErrorRateAboveTarget (info) and ZaiProxyHighErrorRate (warning): 5xx share.
+    "error_pct": {"warn": 2.0, "bad": 5.0},
+    # ZaiProxyHighLatency: p95 above 10 s.
+    "p95_ms": {"bad": 10_000.0},
+    # ZaiProxyUpstream429RateHigh: 429s per upstream attempt.
+    "upstream_429_pct": {"bad": 5.0},
+    # ZaiProxyHighUtilization (0.9) and ZaiProxyAtMaxCapacity (every worker busy).
+    "utilization": {"warn": 0.9, "bad": 1.0},
+    # ZaiProxyCanaryDegradedVsProduction: canary errors > ratio x (production + floor).
+    "canary_errors": {"ratio": 2.0, "floor_pct": 1.0},
+    # ZaiProxyCanarySlowerThanProduction: canary p95 > ratio x production's.
+    "canary_p95": {"ratio": 1.5},
+}
 # How much of a bad parameter's value a 400 quotes back: enough to see the mistake.
 ECHO_LIMIT = 64
 # The last write of an answer, which also closes a `Connection: close` connection.
@@ -314,6 +332,7 @@ def create_app(
             "default_range": DEFAULT_RANGE,
             "retention_5s_s": settings.retention_5s,
             "retention_1m_s": settings.retention_1m,
+            "thresholds": ALERT_THRESHOLDS,
         }
         return Response(_json(body), content_type="application/json")
 
