@@ -387,7 +387,7 @@ async def test_a_backlog_of_large_counts_is_bounded_then_estimated_by_size(
     # up to MAX_QUEUED_COUNTS; the next one is estimated from its size at once instead
     # of waiting, so the backlog's memory stays bounded.
     limiter = trio.CapacityLimiter(1)
-    monkeypatch.setattr(tokenizer, "_LIMITER", limiter)
+    monkeypatch.setattr(tokenizer, "_count_limiter", lambda: limiter)
     body = json.dumps({"messages": [{"role": "user", "content": "word " * 5000}]}).encode()
     assert len(body) >= tokenizer.INLINE_MAX_BYTES
     results: list[int | None] = []
@@ -613,14 +613,14 @@ async def test_bodies_and_texts_of_inline_max_bytes_go_to_the_counting_thread(
     body = json.dumps({"prompt": "a" * tokenizer.INLINE_MAX_BYTES})[: tokenizer.INLINE_MAX_BYTES]
     assert len(body) == tokenizer.INLINE_MAX_BYTES
     await count_request_async(counter, body.encode())
-    assert used == [tokenizer._LIMITER, tokenizer._LIMITER]
+    assert used == [tokenizer._count_limiter()] * 2
 
 
 async def test_long_texts_wait_for_the_one_counting_thread(
     counter: TokenCounter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     limiter = trio.CapacityLimiter(1)
-    monkeypatch.setattr(tokenizer, "_LIMITER", limiter)
+    monkeypatch.setattr(tokenizer, "_count_limiter", lambda: limiter)
     text = "word " * 5000
     results: list[int] = []
 
@@ -640,7 +640,7 @@ async def test_a_backlog_of_long_texts_is_estimated_by_size(
     counter: TokenCounter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     limiter = trio.CapacityLimiter(1)
-    monkeypatch.setattr(tokenizer, "_LIMITER", limiter)
+    monkeypatch.setattr(tokenizer, "_count_limiter", lambda: limiter)
     text = "w" * (tokenizer.INLINE_MAX_BYTES + 3)
 
     async def count() -> None:
@@ -661,7 +661,7 @@ async def test_a_backlog_of_large_answers_is_estimated_by_size(
     counter: TokenCounter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     limiter = trio.CapacityLimiter(1)
-    monkeypatch.setattr(tokenizer, "_LIMITER", limiter)
+    monkeypatch.setattr(tokenizer, "_count_limiter", lambda: limiter)
     body = b"x" * (tokenizer.INLINE_MAX_BYTES + 3)
 
     async def count() -> None:
@@ -685,3 +685,54 @@ async def test_a_large_answer_that_cannot_be_counted_is_logged_with_its_style(
     with caplog.at_level(logging.DEBUG, logger="zai_proxy.tokenizer"):
         assert await count_response_async(counter, body, "anthropic") is None
     assert debug_records(caplog) == [("could not count a anthropic response body", True)]
+
+
+_FILLER = 'line with "quotes", a back\\slash, CJK 漢字 and an emoji 😀\n' * 200
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # Many messages; one message of many blocks; tools and nesting past the walked
+        # depth; duplicate keys (the last wins); whitespace everywhere; empty containers.
+        {"model": "m", "messages": [{"role": "user", "content": _FILLER}] * 150},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": _FILLER}] * 150}]},
+        {
+            "tools": [{"name": "t", "input_schema": {"a": {"b": [1, 2.5, None, True]}}}] * 50,
+            "messages": [{"role": "user", "content": [], "x": {}}, {"content": _FILLER * 150}],
+        },
+    ],
+)
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_large_body_decodes_exactly_as_json_loads_does(shape: object, indent: int | None) -> None:
+    body = json.dumps(shape, indent=indent, ensure_ascii=indent is None).encode()
+    body = b' \n{"messages": 1, ' + body.lstrip()[1:] + b"\r\n"
+    assert len(body) > tokenizer._PIECEWISE_BYTES
+    assert tokenizer._loads(body) == json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "tail", [b"", b"}", b" x", b'"', b",", b']}, "more": 1}', b"\x00"], ids=repr
+)
+def test_a_large_body_that_is_not_json_is_not_counted(tail: bytes) -> None:
+    body = json.dumps({"messages": [{"role": "user", "content": _FILLER}] * 150}).encode()
+    broken = body[:-2] + tail if tail else body[: len(body) // 2]
+    with pytest.raises(ValueError):
+        json.loads(broken)
+    with pytest.raises(ValueError):
+        tokenizer._loads(broken)
+    assert TokenCounter(use_tiktoken=False).count_request(broken) is None
+
+
+async def test_an_input_count_waits_no_longer_than_asked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    body = json.dumps({"messages": [{"role": "user", "content": "hello there"}]}).encode()
+    count = tokenizer.InputCount(TokenCounter(use_tiktoken=False), body)
+    started = trio.current_time()
+    assert await count.wait(0.25) is None and not count.done
+    assert trio.current_time() - started == 0.25
+    await count.run()
+    assert count.done and await count.wait(0) == TokenCounter(use_tiktoken=False).count_request(
+        body
+    )
