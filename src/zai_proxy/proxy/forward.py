@@ -10,8 +10,9 @@ moment it arrives.
 Every answer carries ``X-Token-Input``: the upstream's input usage when it is known before
 the headers go (a JSON answer's usage, a stream's ``message_start``), else the request's
 prompt as counted locally while the upstream worked (``InputCount``), and
-``X-Token-Input-Source: upstream|estimate`` says which.  The headers wait for the count at
-most ``INPUT_COUNT_WAIT``; past that the answer goes without both headers.
+``X-Token-Input-Source: upstream|estimate`` says which (the upstream's figure is its
+uncached input, as its usage reports it; ours is the whole prompt).  The headers wait for
+the count at most ``INPUT_COUNT_WAIT``; past that the answer goes without both headers.
 """
 
 from __future__ import annotations
