@@ -1237,6 +1237,7 @@
   }
 
   dash.format = { num: fmtNum, ms: fmtMs, pct: fmtPct };
+  dash.level = level;
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();

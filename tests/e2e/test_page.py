@@ -1116,6 +1116,15 @@ def test_the_verdict_strip_colours_figures_by_the_alert_rules(
             })),
         }))"""
     )
+    # The page's colouring against the rules' thresholds, either side of each one (the
+    # live figures below may all fall on one side).
+    levels = page.evaluate(
+        """(t) => [[1, 3, 6].map(v => window.__dash.level(v, t.error_pct)),
+                   [9000, 11000].map(v => window.__dash.level(v, t.p95_ms)),
+                   [0.5, 0.95, 1].map(v => window.__dash.level(v, t.utilization))]""",
+        thresholds,
+    )
+    assert levels == [["ok", "warn", "bad"], ["ok", "bad"], ["ok", "warn", "bad"]]
     assert [row["variant"] for row in tiles] == ["production", "canary"]
     for row in tiles:
         assert [t["metric"] for t in row["tiles"]] == ["req", "errors", "p95", "tokens", "workers"]
