@@ -327,21 +327,7 @@
         ];
       },
     },
-    {
-      id: "limiter",
-      right: "count",
-      axis: fmtNum,
-      series: function () {
-        return [
-          { label: "rate req/s", get: field("rate_limit_rps"), fmt: withUnit("req/s") },
-          { label: "ceiling", get: field("rate_limit_ceiling"), fmt: withUnit("req/s") },
-          { label: "increase", get: field("rate_limit_adj_increase"), fmt: withUnit(""), scale: "count" },
-          { label: "decrease", get: field("rate_limit_adj_decrease"), fmt: withUnit(""), scale: "count" },
-          { label: "probe", get: field("rate_limit_adj_probe"), fmt: withUnit(""), scale: "count" },
-          { label: "rejections", get: field("rejections"), fmt: withUnit(""), scale: "count" },
-        ];
-      },
-    },
+    { id: "limiter", right: "share", rightFmt: fmtPct, axis: fmtNum, build: function () { return buildLimiter(); } },
     {
       id: "errors",
       right: "rate",
@@ -548,12 +534,17 @@
           return {
             label: s.label,
             stroke: s.color,
-            width: 1.5,
             dash: s.dash || undefined,
             scale: s.def.scale || "y",
             spanGaps: false,
             show: !state.hidden.has(hideKey(panel, s.label)),
-            points: { show: false },
+            fill: s.fill || undefined,
+            width: s.width || 1.5,
+            // A marker series is points only: one where an adjustment happened.
+            paths: s.marker ? function () { return null; } : undefined,
+            points: s.marker
+              ? { show: true, size: 10, width: 2, stroke: s.color, fill: s.color }
+              : { show: false },
             values: legendValues(s.def.fmt),
           };
         })
@@ -582,9 +573,10 @@
         scale: panel.right,
         size: 50,
         grid: { show: false },
-        values: function (u, vals) { return vals.map(fmtNum); },
+        values: function (u, vals) { return vals.map(panel.rightFmt || fmtNum); },
       }));
     }
+    if (panel.build) opts.hooks.setCursor = [limiterTip];
     var plot = new uPlot(opts, built.data, el);
     plot.over.addEventListener("dblclick", backToLive);
     return plot;
@@ -670,7 +662,7 @@
       if (state.historyError) showHistoryError(root);
       if (!state.loaded) return;
       var chartEl = root.querySelector(".chart");
-      var built = buildData(panel);
+      var built = panel.build ? panel.build() : buildData(panel);
       var signature = built.series.map(function (s) { return s.label; }).join("\u0000");
       var current = charts[panel.id];
       var stats = seriesStats(built.data);
@@ -678,12 +670,14 @@
         // A zoom pauses the live view: the data stays as it was until "back to live".
         if (!state.zoom) {
           current.plot.__stats = stats;
+          current.plot.__notes = built.notes;
           current.plot.setData(built.data);
         }
       } else {
         if (current) current.plot.destroy();
         var plot = makeChart(panel, chartEl, built);
         plot.__stats = stats;
+        plot.__notes = built.notes;
         plot.setData(built.data);
         charts[panel.id] = { plot: plot, signature: signature };
       }
@@ -761,6 +755,131 @@
         list.appendChild(li);
       });
     });
+  }
+
+  // ------------------------------------------------------------------ limiter headroom
+
+  // One upstream limit for both variants, whichever the toggle shows: the allowed rates
+  // stacked (production, then canary on top) against the combined request rate, the
+  // learned ceiling (the last one known: the API sends null while the limiter probes),
+  // the 429 share on the right axis, and each adjustment as a marker.
+  var NEUTRAL = { light: "#374151", dark: "#d1d5db" };
+  var SHARE = { light: "#7c3aed", dark: "#c4b5fd" };
+  var ADJUSTMENTS = [
+    { kind: "increase", field: "rate_limit_adj_increase", color: "--ok",
+      reason: "no 429 for a while: rate raised" },
+    { kind: "decrease", field: "rate_limit_adj_decrease", color: "--bad",
+      reason: "429 from the upstream: rate cut" },
+    { kind: "probe", field: "rate_limit_adj_probe", color: "--warn",
+      reason: "probing above the learned ceiling" },
+  ];
+
+  function num(v) { return typeof v === "number" && isFinite(v) ? v : null; }
+
+  function buildLimiter() {
+    var byTs = new Map();
+    var ceilings = {};
+    var previousRate = {};
+    ["production", "canary"].forEach(function (v) {
+      var start = windowStart();
+      (state.data[v] || []).forEach(function (s) {
+        // The last known ceiling, carried from before the window too.
+        if (num(s.rate_limit_ceiling) !== null) ceilings[v] = s.rate_limit_ceiling;
+        var rate = num(s.rate_limit_rps);
+        var before = previousRate[v];
+        if (rate !== null) previousRate[v] = rate;
+        if (s.ts < start) return;
+        var key = s.ts.toFixed(3);
+        var row = byTs.get(key) || { ts: s.ts, v: {} };
+        row.v[v] = { s: s, ceiling: ceilings[v] === undefined ? null : ceilings[v], before: before };
+        byTs.set(key, row);
+      });
+    });
+    var rows = Array.from(byTs.values()).sort(function (a, b) { return a.ts - b.ts; });
+    var limit = gapLimit(rows);
+    var cols = { ts: [], prod: [], both: [], req: [], ceiling: [], share: [],
+      increase: [], decrease: [], probe: [] };
+    var notes = [];
+    function push(ts, values, note) {
+      cols.ts.push(ts);
+      Object.keys(values).forEach(function (k) { cols[k].push(values[k]); });
+      notes.push(note);
+    }
+    var empty = { prod: null, both: null, req: null, ceiling: null, share: null,
+      increase: null, decrease: null, probe: null };
+    rows.forEach(function (row, i) {
+      if (i > 0 && row.ts - rows[i - 1].ts > limit) push((row.ts + rows[i - 1].ts) / 2, empty, null);
+      var p = row.v.production, c = row.v.canary;
+      var pr = p ? num(p.s.rate_limit_rps) : null;
+      var cr = c ? num(c.s.rate_limit_rps) : null;
+      var sum = function (a, b) { return a === null && b === null ? null : (a || 0) + (b || 0); };
+      var reqs = sum(p ? num(p.s.req_rate) : null, c ? num(c.s.req_rate) : null);
+      var attempts = 0, r429 = 0;
+      [p, c].forEach(function (x) {
+        if (!x) return;
+        attempts += (num(x.s.req_rate) || 0) + (num((x.s.retry_rates || {}).retry) || 0);
+        r429 += num((x.s.upstream_error_rates || {})["429"]) || 0;
+      });
+      var allowed = sum(pr, cr);
+      var values = {
+        prod: pr,
+        both: allowed,
+        req: reqs,
+        ceiling: sum(p ? p.ceiling : null, c ? c.ceiling : null),
+        share: attempts > 0 ? 100 * r429 / attempts : null,
+        increase: null, decrease: null, probe: null,
+      };
+      var note = [];
+      ADJUSTMENTS.forEach(function (a) {
+        [["production", p], ["canary", c]].forEach(function (pair) {
+          var x = pair[1];
+          if (!x || !(num(x.s[a.field]) > 0)) return;
+          values[a.kind] = allowed;
+          note.push(pair[0] + ": " + a.kind + " " + fmtNum(x.before) + " → " +
+            fmtNum(num(x.s.rate_limit_rps)) + " req/s (" + a.reason + ")");
+        });
+      });
+      push(row.ts, values, note.length ? note : null);
+    });
+    var fam = FAMILIES[state.theme];
+    var rate = withUnit("req/s");
+    var defs = [
+      { label: "canary allowed (stacked)", key: "both", color: fam.canary[0], fill: fam.canary[0] + "40" },
+      { label: "production allowed", key: "prod", color: fam.production[0], fill: fam.production[0] + "55" },
+      { label: "requests (both)", key: "req", color: NEUTRAL[state.theme], width: 2 },
+      { label: "ceiling (last known)", key: "ceiling", color: cssVar("--bad"), dash: [8, 4] },
+      { label: "429 share", key: "share", color: SHARE[state.theme], scale: "share", fmt: fmtPct },
+    ];
+    ADJUSTMENTS.forEach(function (a) {
+      defs.push({ label: a.kind, key: a.kind, color: cssVar(a.color), marker: true });
+    });
+    return {
+      data: [cols.ts].concat(defs.map(function (d) { return cols[d.key]; })),
+      notes: notes,
+      gaps: [],
+      series: defs.map(function (d) {
+        return {
+          label: d.label,
+          variant: "both",
+          color: d.color,
+          dash: d.dash || null,
+          fill: d.fill,
+          width: d.width,
+          marker: d.marker,
+          def: { fmt: d.fmt || rate, scale: d.scale },
+        };
+      }),
+    };
+  }
+
+  // The adjustments under the pointer, in words, beside the limiter chart.
+  function limiterTip(u) {
+    var tip = panelEl("limiter").querySelector(".limiter-tip");
+    var notes = u.__notes || [];
+    var idx = u.cursor.idx;
+    var lines = idx === null || idx === undefined ? null : notes[idx];
+    tip.textContent = lines ? lines.join("; ") : "";
+    tip.hidden = !lines;
   }
 
   // ------------------------------------------------------------------ limiter and pods

@@ -405,7 +405,7 @@ UNITS = {
     "latency": {"ms", "s"},
     "tokens": {"tok/s"},
     "concurrency": {"req", "workers"},
-    "limiter": {"req/s", None},
+    "limiter": {"req/s", "%"},
     "errors": {"%", "/s"},
 }
 BOTH = ("production", "canary")
@@ -416,7 +416,7 @@ ALWAYS_THERE = {
     "latency": ("p50",),
     "tokens": ("input/s", "output/s"),
     "concurrency": ("concurrent", "max_workers"),
-    "limiter": ("rate req/s",),
+    "limiter": ("production allowed", "canary allowed (stacked)", "requests (both)"),
     "errors": ("error %",),
 }
 
@@ -455,8 +455,12 @@ def test_legends_show_last_mean_and_max_in_their_unit_without_hovering(
     page = p.page
     wait_for_data(page, points=5)
     # A scrape interval without a finished request has no latency: wait for one that has.
+    # The limiter's headroom chart is one chart for both variants, its labels say which.
     wanted = [
-        f"{label} ({v})" for labels in ALWAYS_THERE.values() for label in labels for v in BOTH
+        label if panel == "limiter" else f"{label} ({v})"
+        for panel, labels in ALWAYS_THERE.items()
+        for label in labels
+        for v in BOTH
     ]
     try:
         shown = page.wait_for_function(
@@ -1067,7 +1071,8 @@ def test_an_empty_store_says_so(open_pods_page: Callable[[str], Page]) -> None:
     # The pods stack runs production only: nothing was ever stored for canary.
     page = open_pods_page("?variant=canary&range=5m").page
     page.wait_for_selector("#panel-requests .panel-note:visible")
-    for panel in PANELS:
+    # (The limiter's headroom chart shows both variants: production's limiter is there.)
+    for panel in (p for p in PANELS if p != "limiter"):
         note = page.locator(f"#panel-{panel} .panel-note")
         assert note.inner_text().startswith("No data stored for canary in the last 5m"), panel
         assert page.locator(f"#panel-{panel} .skeleton").is_hidden(), panel
@@ -1157,3 +1162,71 @@ def test_the_verdict_strip_colours_figures_by_the_alert_rules(
         r" last \d+ min( \(worse than the canary alert rules allow\))?",
         compare,
     ), compare
+
+
+# ---------------------------------------------------------------- limiter headroom (issue 18)
+
+
+def test_limiter_headroom_stacks_the_variants_keeps_the_ceiling_and_marks_adjustments(
+    open_page: Callable[[str], Page], stack: Stack
+) -> None:
+    p = open_page("?variant=production&range=5m")
+    page = p.page
+    wait_for_data(page, points=12)  # three seconds: the canary has rows before the cut
+    now = time.time()
+    # A canary limiter that cut its rate on 429s with a learned ceiling, then probes
+    # (ceiling null): the chart keeps the last known ceiling.
+    cut = Snapshot(
+        ts=now - 1.0,
+        variant="canary",
+        interval_s=0.25,
+        targets_up=1,
+        targets_total=1,
+        req_rate=4.0,
+        rate_limit_rps=5.0,
+        rate_limit_ceiling=12.0,
+        rate_limit_adj_decrease=1.0,
+        upstream_error_rates={"429": 1.0},
+    )
+    probing = dataclasses.replace(
+        cut, ts=now - 0.5, rate_limit_ceiling=None, rate_limit_adj_decrease=0.0
+    )
+    stack.call(stack.publish, cut)
+    stack.call(stack.publish, probing)
+    page.wait_for_function(
+        "(ts) => window.__dash.chart('limiter').data[0].includes(ts)", arg=probing.ts
+    )
+    series = page.evaluate(
+        """([cut, probing]) => { const u = window.__dash.chart('limiter');
+            const at = ts => u.data[0].indexOf(ts);
+            const col = label => u.data[u.series.findIndex(s => s.label === label)];
+            return Object.fromEntries(u.series.slice(1).map(s => [s.label,
+                [col(s.label)[at(cut)], col(s.label)[at(probing)]]])); }""",
+        [cut.ts, probing.ts],
+    )
+    assert series["canary allowed (stacked)"] == [5.0, 5.0]  # no production row at these ts
+    assert series["ceiling (last known)"] == [12.0, 12.0]
+    assert series["429 share"] == [25.0, 25.0]
+    assert series["decrease"] == [5.0, None]
+    assert series["increase"] == [None, None] and series["probe"] == [None, None]
+    # The variant toggle does not change it: one upstream limit for both.
+    assert page.evaluate("() => window.__dash.panels.limiter.series.length") == 8
+
+    # Zoomed to two seconds, the pointer on the marker says what happened.
+    page.locator("#panel-limiter").scroll_into_view_if_needed()
+    page.evaluate(
+        "(ts) => window.__dash.chart('limiter').setScale('x', {min: ts - 1, max: ts + 1})",
+        cut.ts,
+    )
+    box = page.evaluate(
+        """(ts) => { const u = window.__dash.chart('limiter');
+            const r = u.over.getBoundingClientRect();
+            return {x: r.left + u.valToPos(ts, 'x'), y: r.top + 20}; }""",
+        cut.ts,
+    )
+    page.mouse.move(box["x"], box["y"])
+    tip = page.locator("#panel-limiter .limiter-tip")
+    tip.wait_for(state="visible")
+    assert tip.inner_text() == "canary: decrease 10k → 5 req/s (429 from the upstream: rate cut)"
+    page.click("#back-to-live")
+    assert p.page_errors == [] and p.console_errors == []
