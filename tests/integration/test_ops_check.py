@@ -28,8 +28,9 @@ async def start_dashboard(
 ) -> RunningDashboard:
     settings = DashboardSettings(
         scrape_targets=tuple(f"{p.origin}/metrics" for p in proxies),
-        scrape_interval=0.2,
-        scrape_timeout=0.15,
+        # Slow enough that a busy machine does not make a snapshot stale between scrapes.
+        scrape_interval=0.5,
+        scrape_timeout=0.4,
         listen_host="127.0.0.1",
         listen_port=0,
         db_path=str(tmp_path / "dashboard.db"),
