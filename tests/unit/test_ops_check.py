@@ -116,6 +116,8 @@ def test_a_whole_stream_passes_a_cut_or_failed_one_does_not() -> None:
 
 def test_token_header_must_be_a_positive_count_on_every_answer() -> None:
     assert judge_token_header({"messages": "12", "stream": "12"}).ok
+    named = judge_token_header({"messages": "12", "stream": "9"}, {"messages": "upstream"})
+    assert named.detail == "messages 12 (upstream), stream 9"
     missing = judge_token_header({"messages": "12", "stream": None})
     assert not missing.ok and missing.detail == "stream: missing"
     assert not judge_token_header({"messages": "zero"}).ok

@@ -154,8 +154,11 @@ def judge_stream(
     return Check(name, True, f"200 in {elapsed:.2f} s, {tracker.events} events, complete")
 
 
-def judge_token_header(values: Mapping[str, str | None]) -> Check:
-    """`X-Token-Input` on every answer named in `values` (answer -> header or None)."""
+def judge_token_header(
+    values: Mapping[str, str | None], sources: Mapping[str, str | None] | None = None
+) -> Check:
+    """`X-Token-Input` on every answer named in `values` (answer -> header or None);
+    `sources` (answer -> X-Token-Input-Source, where the proxy sends it) for the detail."""
     if not values:
         return Check("x-token-input", False, "no answer to read it from")
     bad = []
@@ -166,7 +169,12 @@ def judge_token_header(values: Mapping[str, str | None]) -> Check:
             bad.append(f"{answer}: {value!r}")
     if bad:
         return Check("x-token-input", False, "; ".join(bad))
-    return Check("x-token-input", True, ", ".join(f"{a} {v}" for a, v in values.items()))
+    sources = sources or {}
+    parts = [
+        f"{answer} {value}" + (f" ({sources[answer]})" if sources.get(answer) else "")
+        for answer, value in values.items()
+    ]
+    return Check("x-token-input", True, ", ".join(parts))
 
 
 Series = list[tuple[Mapping[str, str], float]]
@@ -335,6 +343,7 @@ async def run_checks(
     headers = {"x-api-key": CLIENT_TOKEN, "anthropic-version": "2023-06-01"}
     checks: list[Check] = []
     token_inputs: dict[str, str | None] = {}
+    token_sources: dict[str, str | None] = {}
     async with httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)), trust_env=False
     ) as client:
@@ -364,6 +373,7 @@ async def run_checks(
             body = _body(model, streaming, style)
             answer = await _answer(client, "POST", base + path, json=body, headers=auth)
             token_inputs[name] = answer.headers.get("x-token-input")
+            token_sources[name] = answer.headers.get("x-token-input-source")
             if not streaming:
                 return judge_message(name, answer.status, answer.body, style, answer.elapsed)
             content_type = answer.headers.get("content-type", "")
@@ -396,7 +406,7 @@ async def run_checks(
             requests += [("openai", "openai", False), ("openai-stream", "openai", True)]
         for name, style, streaming in requests:
             await attempt(name, partial(exchange, name, style, streaming))
-        checks.append(judge_token_header(token_inputs))
+        checks.append(judge_token_header(token_inputs, token_sources))
         # After the requests, so every per-request series exists.
         await attempt("metrics", metrics)
         await attempt("limiter", limiter)
