@@ -37,7 +37,7 @@ async def test_a_canary_like_production_is_go(
     production = await start_proxy(upstream, MAX_WORKERS="32")
     canary = await start_proxy(upstream, DEPLOYMENT_VARIANT="canary", MAX_WORKERS="32")
 
-    code, out, _ = await loadtest(
+    code, out, err = await loadtest(
         capsys,
         production.url,
         "--compare",
@@ -57,6 +57,7 @@ async def test_a_canary_like_production_is_go(
         assert report[side]["statuses"] == {"200": 48}
         assert report[side]["latency_p50"] >= 0.3
     assert upstream.total_requests == 96
+    assert err == ""  # no progress line: stderr is not a terminal and --progress not given
     tokens = next(c for c in report["verdict"]["criteria"] if c["name"] == "token counts")
     assert tokens["ok"] and tokens["detail"].startswith("X-Token-Input apart by 0.0 %")
 
