@@ -701,7 +701,7 @@
           return { label: s.label, variant: s.variant, color: s.color, length: ys.length, nonNull: nonNull };
         }),
       };
-      if (panel.id === "tokens") renderTokenStrip();
+      if (panel.id === "tokens") { renderTokenStrip(); renderTokenModels(); }
       if (panel.id === "errors") renderErrorTypes();
     } catch (err) {
       dash.errors[panel.id] = String(err && err.message ? err.message : err);
@@ -739,6 +739,40 @@
     strip.setAttribute("data-count", String(count));
     strip.setAttribute("data-variants", selectedVariants().join(","));
     dash.totals = { totals: totals, firstTs: firstTs, lastTs: lastTs, count: count };
+  }
+
+  // What the tokens are spent on: per variant and model the window's mean tok/s, and the
+  // variant's cache-hit ratio (cache reads over all the input the upstream saw).
+  function renderTokenModels() {
+    var body = document.querySelector("#token-models tbody");
+    body.textContent = "";
+    dash.tokenModels = [];
+    selectedVariants().forEach(function (v) {
+      var secs = 0, byModel = {}, input = 0, cached = 0;
+      windowRows(v).forEach(function (s) {
+        if (s.stale || !(s.interval_s > 0)) return;
+        secs += s.interval_s;
+        var m = s.token_rates_by_model || {};
+        Object.keys(m).forEach(function (k) { byModel[k] = (byModel[k] || 0) + m[k] * s.interval_s; });
+        input += (s.tokens_in || 0) + (s.tokens_cache_read || 0) + (s.tokens_cache_write || 0);
+        cached += s.tokens_cache_read || 0;
+      });
+      var hit = input > 0 ? 100 * cached / input : null;
+      var models = Object.keys(byModel).sort(function (a, b) { return byModel[b] - byModel[a]; });
+      if (!models.length) models = ["—"];
+      models.forEach(function (model, i) {
+        var rate = secs > 0 && byModel[model] !== undefined ? byModel[model] / secs : null;
+        var tr = document.createElement("tr");
+        tr.setAttribute("data-variant", v);
+        tr.setAttribute("data-model", model);
+        cell(tr, i === 0 ? v : "");
+        cell(tr, model);
+        cell(tr, withUnit("tok/s")(rate), "num");
+        cell(tr, i === 0 ? fmtPct(hit) + " cache hits" : "", "num");
+        body.appendChild(tr);
+        dash.tokenModels.push({ variant: v, model: model, rate: rate, cacheHitPct: hit });
+      });
+    });
   }
 
   function renderErrorTypes() {

@@ -1230,3 +1230,34 @@ def test_limiter_headroom_stacks_the_variants_keeps_the_ceiling_and_marks_adjust
     assert tip.inner_text() == "canary: decrease 10k → 5 req/s (429 from the upstream: rate cut)"
     page.click("#back-to-live")
     assert p.page_errors == [] and p.console_errors == []
+
+
+# ---------------------------------------------------------------- tokens (issue 18)
+
+
+def test_tokens_by_variant_and_model_with_the_cache_hit_ratio(
+    open_page: Callable[[str], Page], stack: Stack
+) -> None:
+    page = open_page("?variant=both&range=5m").page
+    wait_for_data(page, points=5)
+    page.wait_for_function(
+        "() => (window.__dash.tokenModels || []).filter(r => r.rate > 0).length === 2"
+    )
+    shown = page.evaluate("() => window.__dash.tokenModels")
+    assert [(r["variant"], r["model"]) for r in shown] == [
+        ("production", "glm-4.6"),
+        ("canary", "glm-4.6"),
+    ]
+    rows = httpx.get(stack.url + "/api/metrics", params={"range": "5m"}).json()
+    for r in shown:
+        mine = [x for x in rows if x["variant"] == r["variant"] and not x["stale"]]
+        cached = sum(x["tokens_cache_read"] or 0 for x in mine)
+        seen = sum(
+            (x["tokens_in"] or 0) + (x["tokens_cache_read"] or 0) + (x["tokens_cache_write"] or 0)
+            for x in mine
+        )
+        # The sim upstream serves 30 % of input from its cache (cache_ratio=0.3).
+        assert r["cacheHitPct"] == pytest.approx(100 * cached / seen, abs=3), r
+        assert 0 < r["cacheHitPct"] < 100
+    text = page.locator("#token-models").inner_text()
+    assert "glm-4.6" in text and "tok/s" in text and "cache hits" in text

@@ -111,6 +111,13 @@ async def test_snapshots_follow_the_proxys_traffic(dashboard: Dashboard) -> None
     assert snapshot.error_rate_pct == 0.0
     assert snapshot.latency_p95_ms is not None and snapshot.token_rate_out
     assert snapshot.max_workers == 10
+    # Every token of the interval is on the one model the traffic asked for.
+    assert list(snapshot.token_rates_by_model) == [MESSAGE["model"]]
+    spent = sum(
+        getattr(snapshot, f"token_rate_{d}") or 0.0
+        for d in ("in", "out", "cache_read", "cache_write")
+    )
+    assert snapshot.token_rates_by_model[str(MESSAGE["model"])] == pytest.approx(spent)
 
 
 async def test_history_is_a_json_array_oldest_first(dashboard: Dashboard) -> None:

@@ -28,6 +28,7 @@ CONTRACT = [
     "token_rate_out",
     "token_rate_cache_read",
     "token_rate_cache_write",
+    "token_rates_by_model",
     "tokens_in",
     "tokens_out",
     "tokens_cache_read",
@@ -206,6 +207,17 @@ def test_average_sums_rejections_by_reason() -> None:
 def test_average_of_a_rate_map_adds_the_same_key_across_rows() -> None:
     rows = [row(0.0, retry_rates={"429": 1.0}), row(5.0, retry_rates={"429": 3.0})]
     assert average(rows, 0.0).retry_rates == {"429": 2.0}
+
+
+def test_average_of_tokens_by_model_weighs_each_model_by_seconds() -> None:
+    rows = [
+        row(0.0, token_rates_by_model={"glm-4.6": 10.0, "glm-4.5-air": 2.0}),
+        row(5.0, token_rates_by_model={"glm-4.6": 30.0}),
+    ]
+    minute = average(rows, 0.0)
+    # A model missing from a row spent nothing then.
+    assert minute.token_rates_by_model == {"glm-4.6": 20.0, "glm-4.5-air": 1.0}
+    assert Snapshot.from_json(minute.to_json()) == minute
 
 
 def test_an_increase_no_row_has_stays_null() -> None:

@@ -105,6 +105,7 @@ class Reading:
     response_size_sum: float = 0.0
     response_size_count: float = 0.0
     tokens: dict[str, float] = field(default_factory=dict)
+    tokens_by_model: dict[str, float] = field(default_factory=dict)
     adjustments: dict[str, float] = field(default_factory=dict)
     rejections: dict[str, float] = field(default_factory=dict)
     retries: dict[str, float] = field(default_factory=dict)
@@ -184,6 +185,7 @@ def read(previous: Exposition, current: Exposition, interval: float) -> Reading:
             reading.response_size_count += amount
         elif name == _TOKENS:
             _bump_label(reading.tokens, _label(labels, "direction"), amount)
+            _bump_label(reading.tokens_by_model, _label(labels, "model"), amount)
         elif name == _ADJUSTMENTS:
             _bump_label(reading.adjustments, _label(labels, "direction"), amount)
         elif name == _REJECTIONS:
@@ -367,6 +369,7 @@ def build_snapshot(
         token_rate_out=token_rates.get("output", 0.0),
         token_rate_cache_read=token_rates.get("cache_read", 0.0),
         token_rate_cache_write=token_rates.get("cache_write", 0.0),
+        token_rates_by_model=_sum_maps((r.tokens_by_model for r in timed), seconds),
         tokens_in=tokens.get("input", 0.0),
         tokens_out=tokens.get("output", 0.0),
         tokens_cache_read=tokens.get("cache_read", 0.0),

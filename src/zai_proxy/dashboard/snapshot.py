@@ -51,6 +51,8 @@ class Snapshot:
     token_rate_out: float | None = None
     token_rate_cache_read: float | None = None
     token_rate_cache_write: float | None = None
+    # Tokens per second by model, every direction together (the page's "spent on what").
+    token_rates_by_model: dict[str, float] = field(default_factory=dict)
     tokens_in: float | None = None
     tokens_out: float | None = None
     tokens_cache_read: float | None = None
@@ -103,7 +105,13 @@ class Snapshot:
 
 
 _FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Snapshot))
-_MAP_FIELDS = ("status_code_rates", "rejections_by_reason", "retry_rates", "upstream_error_rates")
+_MAP_FIELDS = (
+    "status_code_rates",
+    "token_rates_by_model",
+    "rejections_by_reason",
+    "retry_rates",
+    "upstream_error_rates",
+)
 
 # How `average` folds each field of a minute's rows into one.
 _RATES = (
@@ -114,7 +122,7 @@ _RATES = (
     "token_rate_cache_write",
     "rate_limit_backend_error_rate",
 )
-_RATE_MAPS = ("status_code_rates", "retry_rates", "upstream_error_rates")
+_RATE_MAPS = ("status_code_rates", "token_rates_by_model", "retry_rates", "upstream_error_rates")
 _INCREASES = (
     "tokens_in",
     "tokens_out",
