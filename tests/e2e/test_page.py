@@ -1261,3 +1261,81 @@ def test_tokens_by_variant_and_model_with_the_cache_hit_ratio(
         assert 0 < r["cacheHitPct"] < 100
     text = page.locator("#token-models").inner_text()
     assert "glm-4.6" in text and "tok/s" in text and "cache hits" in text
+
+
+# ---------------------------------------------------------------- readable everywhere (issue 18)
+
+# WCAG 2 contrast from the page's computed colours: text against what it is drawn on
+# (4.5:1), chart lines against the panel (3:1).  A CSS variable is read through a probe
+# element, so the figure is the one the browser paints.
+_CONTRAST_JS = """() => {
+    const rgb = c => c.match(/[\\d.]+/g).slice(0, 3).map(Number);
+    const lum = c => {
+        const [r, g, b] = rgb(c).map(v => { v /= 255;
+            return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    };
+    const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
+                              return (x + 0.05) / (y + 0.05); };
+    const probe = document.createElement('span');
+    document.body.appendChild(probe);
+    const color = v => { probe.style.color = `var(${v})`; return getComputedStyle(probe).color; };
+    const css = (sel, prop) => getComputedStyle(document.querySelector(sel))[prop];
+    const bg = color('--bg'), panel = color('--panel');
+    const text = [
+        ['text on bg', color('--text'), bg], ['text on panel', color('--text'), panel],
+        ['muted on bg', color('--muted'), bg], ['muted on panel', color('--muted'), panel],
+        ['selected toggle', css('#variant-toggle [aria-pressed=true]', 'color'),
+                            css('#variant-toggle [aria-pressed=true]', 'backgroundColor')],
+        ['legend', css('.u-legend', 'color'), panel],
+        ['stale marker', css('.stale-marker', 'color'), css('.stale-marker', 'backgroundColor')],
+    ];
+    for (const level of ['--ok', '--warn', '--bad'])
+        text.push([level + ' on bg', color(level), bg], [level + ' on panel', color(level), panel]);
+    const lines = [];
+    for (const id of ['requests', 'latency', 'tokens', 'concurrency', 'limiter', 'errors']) {
+        const u = window.__dash.chart(id);
+        u.series.slice(1).forEach((s, i) => {
+            const stroke = typeof s.stroke === 'function' ? s.stroke(u, i + 1) : s.stroke;
+            probe.style.color = stroke;
+            lines.push([id + ' ' + s.label, getComputedStyle(probe).color, panel]);
+        });
+    }
+    probe.remove();
+    const judged = list => list.map(([name, a, b]) => [name, Math.round(ratio(a, b) * 100) / 100]);
+    return {text: judged(text), lines: judged(lines)};
+}"""
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_palettes_meet_wcag_aa_contrast(open_page: Callable[[str], Page], theme: str) -> None:
+    page = open_page(f"?variant=both&range=5m&theme={theme}").page
+    wait_for_data(page)
+    judged = page.evaluate(_CONTRAST_JS)
+    assert len(judged["lines"]) >= 20
+    assert [t for t in judged["text"] if t[1] < 4.5] == []
+    assert [line for line in judged["lines"] if line[1] < 3.0] == []
+
+
+_HEIGHTS_JS = """(ids) => ids.map(id => {
+    const u = window.__dash.chart(id);
+    return [id, u.root.querySelector('.u-legend').getBoundingClientRect().height,
+            u.root.querySelector('.u-over').getBoundingClientRect().height];
+})"""
+
+
+def test_phone_layout_no_legend_is_taller_than_its_chart(browser: Any, stack: Stack) -> None:
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, device_scale_factor=2
+    )
+    try:
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(stack.url + "/?variant=both&range=5m")
+        wait_for_data(page)
+        for panel, legend, chart in page.evaluate(_HEIGHTS_JS, list(PANELS)):
+            assert 0 < legend <= chart, (panel, legend, chart)
+        # Nothing wider than the phone: no sideways scrolling.
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    finally:
+        context.close()
