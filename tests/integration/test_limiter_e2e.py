@@ -81,8 +81,10 @@ async def test_limiter_probes_up_to_a_hidden_limit_that_rises(
 ) -> None:
     # The hidden limit is 5/s for 32 s, then 10/s. Only adjust(), at window ends, can
     # start a probe or let a clean probe raise the rate: mid-window decisions only lower
-    # it. So the rate gets near the new limit only through the window loop.
-    low, high, rise, end = 5.0, 10.0, 32.0, 55.0
+    # it. So the rate gets near the new limit only through the window loop. A probe at
+    # 5.4/s passes once it has outlasted the upstream's burst (15 s: 5.4 x 15 / 16 > 5),
+    # a search follows, then a throttled stretch measures the new limit.
+    low, high, rise, end = 5.0, 10.0, 32.0, 75.0
     start = trio.current_time()
     upstream = await start_upstream(
         limit_schedule=((rise, low), (3600.0, high)),

@@ -11,7 +11,9 @@ import trio
 from zai_proxy.proxy import AdaptiveLimiter, Adjustment, Learned, LimiterConfig, Ticket
 
 # Mid-window decisions off, small windows: each rule test judges one window at a time.
-WINDOWED = LimiterConfig(initial=10.0, window=10.0, measure_time=0.0, min_answers=10)
+WINDOWED = LimiterConfig(
+    initial=10.0, window=10.0, measure_time=0.0, min_answers=10, upstream_burst=0.0
+)
 
 
 def limiter(**changes: Any) -> AdaptiveLimiter:
@@ -363,6 +365,81 @@ def test_reset_restores_the_initial_rate_and_forgets_the_ceiling() -> None:
     assert (lim.probing, lim.clean_windows) == (False, 0)
 
 
+def test_reset_forgets_the_background_of_stray_429s() -> None:
+    lim = limiter()
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=199, throttled=1)
+    assert lim.learned().background == pytest.approx(0.3 * 0.005)
+    lim.reset(20.0)
+    assert lim.learned().background == 0.0
+
+
+# ------------------------------------------------------------------ the upstream's burst
+# Above its limit, the upstream's own bucket answers from its burst for a while before
+# the first 429, so a clean window proves less than the rate it ran at.
+
+
+def test_a_search_multiplies_the_rate_the_window_proved() -> None:
+    lim = limiter(initial=10.0, upstream_burst=1.0, search_factor=2.0)
+    adjustment = window(lim, 0.0, sends=100, ok=100, throttled=0)
+    # 10 s clean at 10 req/s proves 10 x 10 / (10 + 1) req/s.
+    assert adjustment.reason == "search"
+    assert lim.rate == pytest.approx(10.0 * 10 / 11 * 2)
+
+
+def test_a_search_never_lowers_the_rate() -> None:
+    lim = limiter(initial=10.0, upstream_burst=30.0, search_factor=2.0)
+    adjustment = window(lim, 0.0, sends=100, ok=100, throttled=0)
+    # 10 x 10 / 40 x 2 = 5: below the rate the window ran at, which it did prove safe
+    # for a while; the rate stays.
+    assert (adjustment.reason, lim.rate) == ("search", 10.0)
+
+
+def test_a_clean_probe_runs_on_until_it_outlasts_the_upstreams_burst() -> None:
+    lim = limiter(probe_interval=1, upstream_burst=1.0)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=88, throttled=0)
+    assert lim.probing and lim.rate == pytest.approx(9.72)
+    # 10 s clean at 9.72 proves 9.72 x 10 / 11 = 8.84, under the ceiling of 9: the
+    # upstream may still be answering from its burst. Not judged; the probe goes on.
+    send(lim, 20.0, 97)
+    answer(lim, 30.0, ok=97, throttled=0)
+    assert lim.adjust(30.0) is None
+    assert lim.probing and lim.rate == pytest.approx(9.72) and lim.ceiling == 9.0
+    # 20 s clean proves 9.72 x 20 / 21 = 9.26 > 9: the limit rose.
+    send(lim, 30.0, 97)
+    answer(lim, 40.0, ok=97, throttled=0)
+    passed = lim.adjust(40.0)
+    assert passed is not None and passed.reason == "probe passed"
+    assert (passed.seconds, passed.answers) == (20.0, 194)
+    assert lim.ceiling is None
+    assert lim.rate == pytest.approx(9.72 * 20 / 21 * 2)
+
+
+def test_a_probe_that_ran_on_still_fails_at_its_first_429() -> None:
+    lim = limiter(probe_interval=1, upstream_burst=1.0)
+    throttled_to_ceiling_9(lim)
+    window(lim, 10.0, sends=88, ok=88, throttled=0)
+    send(lim, 20.0, 97)
+    answer(lim, 30.0, ok=97, throttled=0)
+    assert lim.adjust(30.0) is None
+    failed = lim.record(33.0, throttled=True)
+    assert failed is not None and failed.reason == "probe failed"
+    assert (lim.rate, lim.ceiling, lim.probing) == (pytest.approx(8.82), 9.0, False)
+
+
+def test_a_probe_at_the_maximum_passes_without_outlasting_the_burst() -> None:
+    # The rate cannot go higher anyway: waiting for proof would only stall the probe.
+    lim = limiter(probe_interval=1, upstream_burst=1.0, initial=9.5, maximum=9.5)
+    window(lim, 0.0, sends=95, ok=89, throttled=6)
+    assert lim.ceiling == pytest.approx(8.9)
+    window(lim, 10.0, sends=88, ok=88, throttled=0)
+    assert lim.probing and lim.rate == 9.5  # 8.9 x 1.08 = 9.61, clamped
+    passed = window(lim, 20.0, sends=95, ok=95, throttled=0)  # proves only 8.64
+    assert passed.reason == "probe passed"
+    assert (lim.rate, lim.ceiling, lim.probing) == (9.5, None, False)
+
+
 # ---------------------------------------------------------------------------- mid-window
 
 
@@ -383,6 +460,29 @@ def _stream(lim: AdaptiveLimiter, count: int, throttle: set[int], lag: float) ->
             if decision is not None:
                 return [decision]
     return []
+
+
+def test_a_window_throttled_late_reads_the_limit_from_its_episode() -> None:
+    lim = limiter(initial=10.0, measure_time=3.0, min_answers=20)
+    # Clean until 7 s (the upstream's burst answering), then every other attempt is
+    # refused: 5 req/s get through. Too late for a mid-window decision by 10 s.
+    throttle = {k for k in range(70, 100) if k % 2 == 0}
+    assert _stream(lim, 100, throttle, lag=0.1) == []
+    decision = lim.adjust(10.0)
+    assert decision is not None and decision.reason == "throttled"
+    # The episode, from attempt 70's send at 7.0 to 9.9 (the answers known): 30 sends,
+    # 15 refused, in 2.9 s. The whole window would have read (100 - 15) / 10 = 8.5.
+    assert decision.observed == pytest.approx(15 / 2.9)
+    assert lim.ceiling == pytest.approx(15 / 2.9)
+
+
+def test_a_window_whose_episode_is_too_short_reads_the_whole_window() -> None:
+    lim = limiter(initial=10.0, measure_time=3.0, min_answers=20)
+    # Refused from 9 s on: 10 answers after the first 429, fewer than min_answers.
+    throttle = {k for k in range(90, 100)}
+    assert _stream(lim, 100, throttle, lag=0.1) == []
+    decision = lim.adjust(10.0)
+    assert decision is not None and decision.observed == pytest.approx((100 - 10) / 10)
 
 
 def test_throttle_storm_drops_the_rate_mid_window_by_send_time() -> None:
@@ -440,6 +540,7 @@ def test_answers_sent_before_the_rate_changed_are_ignored() -> None:
         {"measure_time": -1.0},
         {"shift_tolerance": -0.1},
         {"saturation": 1.5},
+        {"upstream_burst": -0.5},
     ],
 )
 def test_config_rejects_bad_values(changes: dict[str, Any]) -> None:
@@ -817,21 +918,31 @@ def test_a_probe_ended_mid_window_is_reported_in_full() -> None:
     )
 
 
-def test_a_probe_needs_one_percent_of_its_answers_as_429s_to_end_mid_window() -> None:
-    lim = limiter(probe_interval=1, probe_abort=3)
+def test_a_probe_ends_at_its_first_429_when_clean_windows_drew_none() -> None:
+    lim = limiter(probe_interval=1)
     throttled_to_ceiling_9(lim)
     window(lim, 10.0, sends=88, ok=88, throttled=0)
-    answer(lim, 25.0, ok=397, throttled=0)
-    for _ in range(3):  # 3 of 400: under 1 %
-        assert lim.record(25.0, throttled=True) is None
     assert lim.probing
-    lim = limiter(probe_interval=1, probe_abort=3)
+    answer(lim, 25.0, ok=300, throttled=0)
+    ended = lim.record(25.0, throttled=True)
+    assert ended is not None and ended.reason == "probe failed"
+
+
+def test_a_probe_is_not_failed_by_the_429s_clean_windows_draw_anyway() -> None:
+    lim = limiter(probe_interval=2)
     throttled_to_ceiling_9(lim)
-    window(lim, 10.0, sends=88, ok=88, throttled=0)
-    answer(lim, 25.0, ok=297, throttled=0)
-    lim.record(25.0, throttled=True)
-    lim.record(25.0, throttled=True)
-    ended = lim.record(25.0, throttled=True)  # 3 of 300: exactly 1 %
+    # Two clean windows with 1 stray 429 in 200 answers: a background of 0.5 %.
+    window(lim, 10.0, sends=88, ok=199, throttled=1)
+    window(lim, 20.0, sends=88, ok=199, throttled=1)
+    assert lim.probing
+    background = lim.learned().background
+    assert background == pytest.approx(0.3 * 0.005 + 0.7 * 0.3 * 0.005)
+    # 400 answers: the background explains 400 x 0.00255 = 1.02 429s, so one more
+    # than that (probe_abort = 1) ends the probe: the second 429 does not, the third does.
+    answer(lim, 35.0, ok=397, throttled=0)
+    assert lim.record(35.0, throttled=True) is None
+    assert lim.record(35.0, throttled=True) is None
+    ended = lim.record(35.0, throttled=True)
     assert ended is not None and ended.reason == "probe failed"
 
 
@@ -1162,7 +1273,8 @@ def test_mid_window_decisions_see_fed_sends_by_send_time() -> None:
 def test_learned_then_restored_carries_every_field() -> None:
     lim = limiter(probe_interval=1)
     throttled_to_ceiling_9(lim)
-    probe = window(lim, 10.0, sends=100, ok=100, throttled=0)  # clean, saturated: a probe
+    # Clean (1 stray 429 in 200 answers is under 1 %), saturated: a probe.
+    probe = window(lim, 10.0, sends=100, ok=199, throttled=1)
     assert lim.probing
     learned = lim.learned()
     assert learned == Learned(
@@ -1173,15 +1285,17 @@ def test_learned_then_restored_carries_every_field() -> None:
         probing=True,
         before_probe=pytest.approx(8.82),  # type: ignore[arg-type]
         changed_at=probe.at,
+        background=pytest.approx(0.3 * 0.005),  # type: ignore[arg-type]
     )
     other = limiter(probe_interval=1)
     other.restore(25.0, learned)
     assert other.learned() == learned
     assert other.rate == lim.rate and other.ceiling == 9.0 and other.probing
-    # The probe it took over fails on its own: back to the rate before it.
-    answer(other, 26.0, ok=20, throttled=0)
-    assert other.record(26.0, throttled=True) is None
-    assert other.record(26.0, throttled=True) is None
+    # The probe it took over fails on its own, beyond the background it took over too
+    # (0.0015 x 200 answers = 0.3 429s): back to the rate before it.
+    answer(other, 26.0, ok=199, throttled=0)
+    failed = other.record(26.0, throttled=True)
+    assert failed is None
     failed = other.record(26.0, throttled=True)
     assert failed is not None and failed.reason == "probe failed"
     assert other.probing is False and other.rate == pytest.approx(8.82)

@@ -53,7 +53,10 @@ whole completion) and would credit the stretch with what was sent before the
 throttling began. With `sent_at` on each answer, a mid-window stretch is measured by
 send time (the sends from the first 429's send on, less the 429s among them), so
 429s still on their way back do not skew it; answers to attempts sent before the
-rate last changed are ignored altogether, as they tell about the old rate.
+rate last changed are ignored altogether, as they tell about the old rate. A window
+judged throttled at its end whose throttling began mid-window (its throttle episode
+holds `min_answers` answers) reads the limit from that episode alone: before it, the
+upstream's burst was still answering, and the whole window would read high.
 
 When demand is below the set rate, a throttled stretch still measures what the
 upstream admitted of the demand there was; it reads low only if demand dipped
@@ -86,15 +89,28 @@ fraction is of the answers.
 * Below 1 % (`clean_below`) with a ceiling known: the rate closes half the gap to the
   hold point, ceiling x (1 - hold_margin), each window; a gap under 1 % of the hold
   point is closed at once, so the rate settles instead of creeping. With no ceiling
-  known, a saturated clean window multiplies the rate by `search_factor`.
+  known, a saturated clean window multiplies the rate it proved (below) by
+  `search_factor`.
 * After `probe_interval` saturated clean windows comes a probe window at
-  ceiling x (1 + probe_step). It ends at once, mid-window, when `probe_abort` 429s
-  make at least 1 % of its answers: back to the rate before the probe, ceiling kept
-  (it was just confirmed). A failed probe thus costs about `probe_abort` 429s, which
-  is what makes frequent probes affordable. A probe window that ends clean and
-  saturated shows the limit has risen: the ceiling is forgotten and the rate
-  searches upwards from the probe rate (x `search_factor` per clean window) until a
-  throttled stretch measures the new limit.
+  ceiling x (1 + probe_step). It ends at once, mid-window, at its first 429
+  (`probe_abort`) beyond the background, the share of 429s the clean windows drew
+  anyway (an EWMA), so stray 429s do not end every probe: back to the rate before the
+  probe, ceiling kept (it was just confirmed). A failed probe thus costs one or two
+  429s, which is what makes frequent probes affordable. A probe that stays clean and
+  saturated *long enough* shows the limit has risen: the ceiling is forgotten and the
+  rate searches upwards (x `search_factor` per clean window) until a throttled
+  stretch measures the new limit.
+
+What a clean window proves
+--------------------------
+Above its limit, the upstream's own bucket answers from its burst until that runs
+dry, so a clean window of T seconds at rate r proves a limit of only
+r x T / (T + upstream_burst), upstream_burst being the seconds of its limit the
+upstream may hold. A probe 8 % above the ceiling needs 12.5 s to drain a one-second
+burst: a probe window that has not proved more than the ceiling is not judged but
+runs on (a 429 still ends it at once), and a search multiplies the proved rate, not
+the rate set. Without this, a probe in a short window passes on the burst alone, the
+ceiling is forgotten and the search doubles into a storm.
 * Mid-window: a throttle episode, opened by a window's first 429, is judged
   `measure_time` seconds later. If more than 5 % of its answers were 429s (more than
   1 % while searching, when the rate sits above anything known to be safe), it counts
@@ -183,16 +199,22 @@ class LimiterConfig:
     """Consecutive 1-5 % windows after which the rate drops as if above 5 %; 0 = never."""
     probe_step: float = 0.08
     """A probe runs at ceiling x (1 + probe_step)."""
-    probe_abort: int = 3
-    """429s (and at least clean_below of the probe's answers) that end a probe."""
+    probe_abort: int = 1
+    """429s beyond the background (what the clean windows before it drew) that end a
+    probe."""
     search_factor: float = 2.0
-    """Rate multiplier per clean window while no ceiling is known."""
+    """Rate multiplier per clean window while no ceiling is known, applied to the rate
+    the window proved (see upstream_burst)."""
     measure_time: float = 3.0
     """Seconds a throttle episode is watched before a mid-window decision; 0 = never."""
     shift_tolerance: float = 0.05
     """Relative distance beyond which an observation replaces the ceiling."""
     saturation: float = 0.9
     """Share of the bucket's tokens a clean window must use to count as evidence."""
+    upstream_burst: float = 1.0
+    """Seconds of its limit the upstream's own bucket may hold. A clean stretch of T
+    seconds at rate r proves a limit of only r x T / (T + upstream_burst): above the
+    limit, the upstream's burst answers for a while before the first 429."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -241,6 +263,8 @@ class LimiterConfig:
             raise ValueError(f"shift_tolerance must be >= 0, got {self.shift_tolerance!r}")
         if not 0 <= self.saturation <= 1:
             raise ValueError(f"saturation must be in [0, 1], got {self.saturation!r}")
+        if not self.upstream_burst >= 0:
+            raise ValueError(f"upstream_burst must be >= 0, got {self.upstream_burst!r}")
 
 
 @dataclass(frozen=True)
@@ -284,6 +308,8 @@ class Learned:
     before_probe: float
     changed_at: float
     """When the rate last changed: answers to attempts sent before it are ignored."""
+    background: float = 0.0
+    """The share of 429s clean windows draw anyway (EWMA): a probe must draw more."""
 
 
 class _Episode:
@@ -336,6 +362,9 @@ class AdaptiveLimiter:
         self._probing = False
         # Where a failed probe returns to.
         self._before_probe = self._rate
+        # The 429 share clean windows draw anyway (stray 429s), so a probe is not
+        # failed by one of those.
+        self._background = 0.0
         # The bucket: tokens produced so far (never more than `burst` ahead of the
         # tickets handed out) and tickets handed out. Ticket k may go once produced >= k.
         self._last = now
@@ -474,10 +503,7 @@ class AdaptiveLimiter:
         self._throttled += throttled
         config = self._config
         if self._probing:
-            if (
-                self._throttled >= config.probe_abort
-                and self._throttled >= config.clean_below * self._answers
-            ):
+            if self._throttled - self._background * self._answers >= config.probe_abort:
                 return self._change(
                     now,
                     "probe failed",
@@ -533,11 +559,17 @@ class AdaptiveLimiter:
         saturated = self._capacity > 0 and sent >= config.saturation * self._capacity
         observed = (sent - hits) / seconds
 
+        proven = self._proven(seconds)
         if self._probing:
             if fraction < config.clean_below and saturated:
+                ceiling = self._ceiling
+                if ceiling is not None and proven <= ceiling and self._rate < config.maximum:
+                    # Clean so far, but the upstream's burst may be what let the probe
+                    # through: the probe runs on until it has outlasted that burst.
+                    return None
                 self._ceiling = None
                 self._clean_windows = 0
-                new = self._rate * config.search_factor
+                new = max(self._rate, proven * config.search_factor)
                 return self._change(now, "probe passed", new, None, fraction, answers, seconds)
             if fraction < config.clean_below:
                 # Too little demand to tell; the streak stays, so a busy window retries.
@@ -549,6 +581,16 @@ class AdaptiveLimiter:
             )
 
         if fraction > config.decrease_above:
+            episode = self._episode
+            if (
+                episode is not None
+                and episode.answers >= config.min_answers
+                and now > episode.start
+            ):
+                # The throttling began mid-window: before it, the upstream's burst was
+                # still answering, so the whole window's reading is too high. The
+                # episode measures from the first 429's send, when that burst was gone.
+                observed = episode.admitted_rate(now, self._sent, self._send_times)
             return self._decrease(now, "throttled", observed, fraction, answers, seconds)
 
         if fraction >= config.clean_below:
@@ -563,9 +605,10 @@ class AdaptiveLimiter:
             )
 
         self._hold_band_windows = 0
+        self._background += config.ceiling_alpha * (fraction - self._background)
         if self._ceiling is None:
             if saturated:
-                new = self._rate * config.search_factor
+                new = max(self._rate, proven * config.search_factor)
                 return self._change(now, "search", new, None, fraction, answers, seconds)
             return self._change(now, "idle", self._rate, None, fraction, answers, seconds)
 
@@ -595,6 +638,7 @@ class AdaptiveLimiter:
             probing=self._probing,
             before_probe=self._before_probe,
             changed_at=self._changed_at,
+            background=self._background,
         )
 
     def restore(self, now: float, learned: Learned) -> None:
@@ -609,6 +653,7 @@ class AdaptiveLimiter:
         self._probing = learned.probing
         self._before_probe = self._clamp(learned.before_probe)
         self._changed_at = min(learned.changed_at, now)
+        self._background = min(max(learned.background, 0.0), 1.0)
         self._start_window(now)
 
     def follow(self, now: float, rate: float, ceiling: float | None) -> None:
@@ -635,6 +680,7 @@ class AdaptiveLimiter:
         self._clean_windows = 0
         self._hold_band_windows = 0
         self._probing = False
+        self._background = 0.0
         self._start_window(now)
 
     # ------------------------------------------------------------------ internals
@@ -665,6 +711,11 @@ class AdaptiveLimiter:
 
     def _clamp(self, rate: float) -> float:
         return min(self._config.maximum, max(self._config.minimum, rate))
+
+    def _proven(self, seconds: float) -> float:
+        """The limit a clean window of `seconds` at the current rate proves (see
+        LimiterConfig.upstream_burst)."""
+        return self._rate * seconds / (seconds + self._config.upstream_burst)
 
     def _hold_rate(self) -> float:
         hold = self.hold_point

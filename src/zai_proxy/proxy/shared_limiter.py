@@ -269,6 +269,7 @@ def _state_fields(learned: Learned) -> list[str]:
         "probing", "1" if learned.probing else "0",
         "before_probe", repr(learned.before_probe),
         "changed_at", repr(learned.changed_at),
+        "background", repr(learned.background),
     ]  # fmt: skip
 
 
@@ -284,6 +285,7 @@ def _learned(state: dict[str, str]) -> Learned | None:
             probing=state.get("probing") == "1",
             before_probe=float(state.get("before_probe", state["rate"])),
             changed_at=float(state.get("changed_at", "0")),
+            background=float(state.get("background", "0")),
         )
     except (KeyError, ValueError):
         return None
