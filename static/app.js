@@ -811,11 +811,11 @@
   function num(v) { return typeof v === "number" && isFinite(v) ? v : null; }
 
   function buildLimiter() {
-    var byTs = new Map();
+    var lists = { production: [], canary: [] };
     var ceilings = {};
     var previousRate = {};
-    ["production", "canary"].forEach(function (v) {
-      var start = windowStart();
+    var start = windowStart();
+    Object.keys(lists).forEach(function (v) {
       (state.data[v] || []).forEach(function (s) {
         // The last known ceiling, carried from before the window too.
         if (num(s.rate_limit_ceiling) !== null) ceilings[v] = s.rate_limit_ceiling;
@@ -823,13 +823,32 @@
         var before = previousRate[v];
         if (rate !== null) previousRate[v] = rate;
         if (s.ts < start) return;
-        var key = s.ts.toFixed(3);
-        var row = byTs.get(key) || { ts: s.ts, v: {} };
-        row.v[v] = { s: s, ceiling: ceilings[v] === undefined ? null : ceilings[v], before: before };
-        byTs.set(key, row);
+        lists[v].push({ ts: s.ts, s: s, ceiling: ceilings[v] === undefined ? null : ceilings[v], before: before });
       });
     });
-    var rows = Array.from(byTs.values()).sort(function (a, b) { return a.ts - b.ts; });
+    // The variants' rows of one scrape tick are a few milliseconds apart: pair the rows
+    // closer than half an interval, so each point of the stack has both layers.
+    var rows = [];
+    var P = lists.production, C = lists.canary, i = 0, j = 0;
+    var near = state.scrapeInterval / 2;
+    while (i < P.length || j < C.length) {
+      var p = P[i], c = C[j];
+      if (p && c && Math.abs(p.ts - c.ts) < near) {
+        rows.push({ ts: Math.max(p.ts, c.ts), v: { production: p, canary: c } });
+        i++; j++;
+      } else if (p && (!c || p.ts < c.ts)) {
+        rows.push({ ts: p.ts, v: { production: p } });
+        i++;
+      } else {
+        rows.push({ ts: c.ts, v: { canary: c } });
+        j++;
+      }
+    }
+    // The newest tick may have reached the page for one variant only: wait for the other
+    // rather than draw a stack that is missing a layer.
+    var tail = rows[rows.length - 1];
+    var before = rows[rows.length - 2];
+    if (tail && before && Object.keys(before.v).some(function (v) { return !tail.v[v]; })) rows.pop();
     var limit = gapLimit(rows);
     var cols = { ts: [], prod: [], both: [], req: [], ceiling: [], share: [],
       increase: [], decrease: [], probe: [] };

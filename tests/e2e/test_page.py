@@ -706,39 +706,6 @@ def test_no_console_errors(open_page: Callable[[str], Page]) -> None:
     assert p.console_errors == []
 
 
-def test_screenshots_light_and_dark(open_page: Callable[[str], Page]) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for theme in ("light", "dark"):
-        page = open_page(f"?variant=both&range=5m&theme={theme}").page
-        wait_for_data(page, points=10)
-        path = SCREENSHOTS / f"dashboard-{theme}.png"
-        page.screenshot(path=str(path), full_page=True)
-        assert path.stat().st_size > 10_000
-
-
-def test_hostile_strings_render_as_text(open_page: Callable[[str], Page], stack: Stack) -> None:
-    page = open_page("?variant=canary").page
-    wait_for_data(page)
-    hostile = Snapshot(
-        ts=time.time(),
-        variant="canary",
-        interval_s=0.25,
-        targets_up=1,
-        targets_total=1,
-        req_rate=1.0,
-        error_rate_pct=100.0,
-        upstream_error_rates={HOSTILE: 1.0},
-        rejections_by_reason={HOSTILE: 1.0},
-    )
-    stack.call(stack.publish, hostile)
-    page.wait_for_function(
-        "(s) => document.querySelector('#error-types').textContent.includes(s)", arg=HOSTILE
-    )
-    assert page.locator("#panel-errors .u-legend").inner_text().count(HOSTILE) == 1
-    assert page.locator("img").count() == 0
-    assert page.evaluate("() => window.__pwned") is None
-
-
 _POD_ROWS_JS = """(v) => Array.from(document.querySelectorAll('#pods-' + v + ' tr.pod'))
     .map(r => Object.assign({cells: Array.from(r.cells).map(c => c.textContent)}, r.dataset))"""
 
@@ -1164,74 +1131,6 @@ def test_the_verdict_strip_colours_figures_by_the_alert_rules(
     ), compare
 
 
-# ---------------------------------------------------------------- limiter headroom (issue 18)
-
-
-def test_limiter_headroom_stacks_the_variants_keeps_the_ceiling_and_marks_adjustments(
-    open_page: Callable[[str], Page], stack: Stack
-) -> None:
-    p = open_page("?variant=production&range=5m")
-    page = p.page
-    wait_for_data(page, points=12)  # three seconds: the canary has rows before the cut
-    now = time.time()
-    # A canary limiter that cut its rate on 429s with a learned ceiling, then probes
-    # (ceiling null): the chart keeps the last known ceiling.
-    cut = Snapshot(
-        ts=now - 1.0,
-        variant="canary",
-        interval_s=0.25,
-        targets_up=1,
-        targets_total=1,
-        req_rate=4.0,
-        rate_limit_rps=5.0,
-        rate_limit_ceiling=12.0,
-        rate_limit_adj_decrease=1.0,
-        upstream_error_rates={"429": 1.0},
-    )
-    probing = dataclasses.replace(
-        cut, ts=now - 0.5, rate_limit_ceiling=None, rate_limit_adj_decrease=0.0
-    )
-    stack.call(stack.publish, cut)
-    stack.call(stack.publish, probing)
-    page.wait_for_function(
-        "(ts) => window.__dash.chart('limiter').data[0].includes(ts)", arg=probing.ts
-    )
-    series = page.evaluate(
-        """([cut, probing]) => { const u = window.__dash.chart('limiter');
-            const at = ts => u.data[0].indexOf(ts);
-            const col = label => u.data[u.series.findIndex(s => s.label === label)];
-            return Object.fromEntries(u.series.slice(1).map(s => [s.label,
-                [col(s.label)[at(cut)], col(s.label)[at(probing)]]])); }""",
-        [cut.ts, probing.ts],
-    )
-    assert series["canary allowed (stacked)"] == [5.0, 5.0]  # no production row at these ts
-    assert series["ceiling (last known)"] == [12.0, 12.0]
-    assert series["429 share"] == [25.0, 25.0]
-    assert series["decrease"] == [5.0, None]
-    assert series["increase"] == [None, None] and series["probe"] == [None, None]
-    # The variant toggle does not change it: one upstream limit for both.
-    assert page.evaluate("() => window.__dash.panels.limiter.series.length") == 8
-
-    # Zoomed to two seconds, the pointer on the marker says what happened.
-    page.locator("#panel-limiter").scroll_into_view_if_needed()
-    page.evaluate(
-        "(ts) => window.__dash.chart('limiter').setScale('x', {min: ts - 1, max: ts + 1})",
-        cut.ts,
-    )
-    box = page.evaluate(
-        """(ts) => { const u = window.__dash.chart('limiter');
-            const r = u.over.getBoundingClientRect();
-            return {x: r.left + u.valToPos(ts, 'x'), y: r.top + 20}; }""",
-        cut.ts,
-    )
-    page.mouse.move(box["x"], box["y"])
-    tip = page.locator("#panel-limiter .limiter-tip")
-    tip.wait_for(state="visible")
-    assert tip.inner_text() == "canary: decrease 10k → 5 req/s (429 from the upstream: rate cut)"
-    page.click("#back-to-live")
-    assert p.page_errors == [] and p.console_errors == []
-
-
 # ---------------------------------------------------------------- tokens (issue 18)
 
 
@@ -1339,3 +1238,132 @@ def test_phone_layout_no_legend_is_taller_than_its_chart(browser: Any, stack: St
         assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
     finally:
         context.close()
+
+
+# Late in the module, so the charts have history, and before the tests that publish
+# made-up snapshots (limiter adjustments, hostile strings), so the pictures show the
+# stack's own traffic.
+SCREEN_SIZES = {"desktop": {"width": 1400, "height": 1100}, "phone": {"width": 390, "height": 844}}
+
+
+@pytest.mark.parametrize("size", list(SCREEN_SIZES))
+def test_screenshot_set(browser: Any, stack: Stack, size: str) -> None:
+    """dashboard-<size>-<theme>-<variant>.png for each theme and variant mode, in
+    test-artifacts/screenshots; docs/dashboard.png is desktop-light-both."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport=SCREEN_SIZES[size])
+    try:
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(f"{stack.url}/?variant=production&range=5m&theme=light")
+        wait_for_data(page, points=10)
+        for theme in ("light", "dark"):
+            if page.get_attribute("html", "data-theme") != theme:
+                page.click("#theme-toggle")
+            for variant in ("production", "canary", "both"):
+                page.click(f"#variant-{variant}")
+                page.wait_for_function(
+                    "(n) => window.__dash.chart('requests')?.series.length === n + 1",
+                    arg=2 if variant == "both" else 1,
+                )
+                page.wait_for_selector("#verdict-variants .tile")
+                # A 0.2 s scrape deadline is missed now and then on a busy machine: the
+                # pictures show the steady state, every target up.
+                page.wait_for_selector("#scrape-health[data-state=ok]")
+                path = SCREENSHOTS / f"dashboard-{size}-{theme}-{variant}.png"
+                page.screenshot(path=str(path), full_page=True)
+                assert path.stat().st_size > 10_000, path
+    finally:
+        context.close()
+
+
+# ---------------------------------------------------------------- limiter headroom (issue 18)
+
+
+def test_limiter_headroom_stacks_the_variants_keeps_the_ceiling_and_marks_adjustments(
+    open_page: Callable[[str], Page], stack: Stack
+) -> None:
+    p = open_page("?variant=production&range=5m")
+    page = p.page
+    wait_for_data(page, points=12)  # three seconds: the canary has rows before the cut
+    # Seconds ahead of the live rows, so no production row of the same tick joins them.
+    now = time.time() + 3.0
+    # A canary limiter that cut its rate on 429s with a learned ceiling, then probes
+    # (ceiling null): the chart keeps the last known ceiling.
+    cut = Snapshot(
+        ts=now - 1.0,
+        variant="canary",
+        interval_s=0.25,
+        targets_up=1,
+        targets_total=1,
+        req_rate=4.0,
+        rate_limit_rps=5.0,
+        rate_limit_ceiling=12.0,
+        rate_limit_adj_decrease=1.0,
+        upstream_error_rates={"429": 1.0},
+    )
+    probing = dataclasses.replace(
+        cut, ts=now - 0.5, rate_limit_ceiling=None, rate_limit_adj_decrease=0.0
+    )
+    stack.call(stack.publish, cut)
+    stack.call(stack.publish, probing)
+    page.wait_for_function(
+        "(ts) => window.__dash.chart('limiter').data[0].includes(ts)", arg=probing.ts
+    )
+    series = page.evaluate(
+        """([cut, probing]) => { const u = window.__dash.chart('limiter');
+            const at = ts => u.data[0].indexOf(ts);
+            const col = label => u.data[u.series.findIndex(s => s.label === label)];
+            return Object.fromEntries(u.series.slice(1).map(s => [s.label,
+                [col(s.label)[at(cut)], col(s.label)[at(probing)]]])); }""",
+        [cut.ts, probing.ts],
+    )
+    assert series["canary allowed (stacked)"] == [5.0, 5.0]  # no production row at these ts
+    assert series["ceiling (last known)"] == [12.0, 12.0]
+    assert series["429 share"] == [25.0, 25.0]
+    assert series["decrease"] == [5.0, None]
+    assert series["increase"] == [None, None] and series["probe"] == [None, None]
+    # The variant toggle does not change it: one upstream limit for both.
+    assert page.evaluate("() => window.__dash.panels.limiter.series.length") == 8
+
+    # Zoomed to two seconds, the pointer on the marker says what happened.
+    page.locator("#panel-limiter").scroll_into_view_if_needed()
+    page.evaluate(
+        "(ts) => window.__dash.chart('limiter').setScale('x', {min: ts - 1, max: ts + 1})",
+        cut.ts,
+    )
+    box = page.evaluate(
+        """(ts) => { const u = window.__dash.chart('limiter');
+            const r = u.over.getBoundingClientRect();
+            return {x: r.left + u.valToPos(ts, 'x'), y: r.top + 20}; }""",
+        cut.ts,
+    )
+    page.mouse.move(box["x"], box["y"])
+    tip = page.locator("#panel-limiter .limiter-tip")
+    tip.wait_for(state="visible")
+    assert tip.inner_text() == "canary: decrease 10k → 5 req/s (429 from the upstream: rate cut)"
+    page.click("#back-to-live")
+    assert p.page_errors == [] and p.console_errors == []
+
+
+def test_hostile_strings_render_as_text(open_page: Callable[[str], Page], stack: Stack) -> None:
+    page = open_page("?variant=canary").page
+    wait_for_data(page)
+    hostile = Snapshot(
+        ts=time.time(),
+        variant="canary",
+        interval_s=0.25,
+        targets_up=1,
+        targets_total=1,
+        req_rate=1.0,
+        error_rate_pct=100.0,
+        upstream_error_rates={HOSTILE: 1.0},
+        rejections_by_reason={HOSTILE: 1.0},
+    )
+    stack.call(stack.publish, hostile)
+    page.wait_for_function(
+        "(s) => document.querySelector('#error-types').textContent.includes(s)", arg=HOSTILE
+    )
+    assert page.locator("#panel-errors .u-legend").inner_text().count(HOSTILE) == 1
+    assert page.locator("img").count() == 0
+    assert page.evaluate("() => window.__pwned") is None
