@@ -59,6 +59,7 @@ PROXY_VARIABLES = {
     "CLIENT_WRITE_TIMEOUT": "longest a write to a client may stall; then closed (60s)",
     "ADMIN_TOKEN": "when set, /admin/* needs Authorization: Bearer <token>",
     "LOG_LEVEL": "debug, info, warning or error (default info)",
+    "LOG_FORMAT": "auto (console on a terminal, else JSON lines), json or console",
 }
 
 
@@ -73,6 +74,7 @@ DASHBOARD_VARIABLES = {
     "RETENTION_5S": "how long 5-second rows are kept (default 24h)",
     "RETENTION_1M": "how long 1-minute rows are kept (default 168h)",
     "LOG_LEVEL": "debug, info, warning or error (default info)",
+    "LOG_FORMAT": "auto (console on a terminal, else JSON lines), json or console",
 }
 
 

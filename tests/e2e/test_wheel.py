@@ -90,7 +90,9 @@ def _files(root: Path) -> list[str]:
 
 def test_the_sdist_and_the_wheel_carry_the_page_and_every_module(built: Built) -> None:
     page = _files(built.checkout / "static")
-    modules = [f for f in _files(built.checkout / "src" / "zai_proxy") if f.endswith(".py")]
+    # Every module and every data file the package reads (py.typed, ops/corpus.jsonl).
+    modules = _files(built.checkout / "src" / "zai_proxy")
+    assert {"py.typed", "ops/corpus.jsonl", "proxy/limiter.py"} <= set(modules)
     assert {"index.html", "app.js", "style.css", "vendor/uPlot.iife.min.js"} <= set(page)
 
     with tarfile.open(built.sdist) as sdist:

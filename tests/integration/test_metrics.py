@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import zai_proxy
 from tests.conftest import ProxyHandle, StartProxy, StartUpstream
+from zai_proxy.ops import check
 from zai_proxy.proxy import MODEL_LABEL_CAP, ROUTES, ModelLabels, pricing_tier
 from zai_proxy.sim.upstream import Fault, SimUpstream
 
@@ -319,3 +320,8 @@ async def test_build_version_defaults_to_the_package_version(proxy: ProxyHandle)
     families = {f.name: f for f in text_string_to_metric_families((await scrape(proxy)).text)}
     (sample,) = families["zai_proxy_build_info"].samples
     assert sample.labels["version"] == zai_proxy.__version__
+
+
+def test_the_operators_check_looks_for_every_seed_metric() -> None:
+    # `zai-proxy check` verifies a deployed proxy against the same list as this file.
+    assert set(check.SEED_METRICS) == set(SEED_METRICS)
