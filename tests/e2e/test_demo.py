@@ -209,3 +209,52 @@ async def test_ctrl_c_leaves_the_shared_limiter_up_until_the_replicas_have_drain
     assert b"exited on its own" not in demo.stderr, demo.stderr.decode(errors="replace")[-3000:]
     assert b"demo stopped" in demo.stdout
     assert not await _pong(port)
+
+
+async def _tool(*args: str) -> tuple[int, str]:
+    result = await trio.run_process(
+        [sys.executable, "-m", "zai_proxy", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env=_env(),
+    )
+    return result.returncode, (result.stdout + result.stderr).decode(errors="replace")
+
+
+async def test_the_operator_tools_run_against_the_demos_proxies() -> None:
+    """What an SRE runs after a deploy, against `zai-proxy demo` as a user starts it."""
+    async with _demo("--no-agents") as demo:
+        with trio.fail_after(10):
+            await demo.seen_canary.wait()
+        out = bytes(demo.stdout).decode()
+        production = re.search(r"^production: (\S+)$", out, re.M)
+        canary = re.search(r"^canary: (\S+)$", out, re.M)
+        assert production is not None and canary is not None and demo.dashboard, out
+        with trio.fail_after(90):
+            # The dashboard needs a scrape of each variant before check can see both.
+            code, text = await _tool("check", production.group(1), "--dashboard", demo.dashboard)
+            for _ in range(10):
+                if code == 0 or "dashboard" not in text:
+                    break
+                await trio.sleep(1)
+                code, text = await _tool(
+                    "check", production.group(1), "--dashboard", demo.dashboard
+                )
+            assert code == 0, text
+            assert re.search(r"^ok +x-token-input", text, re.M), text
+            assert re.search(r"^ok +dashboard +production fresh.*canary fresh", text, re.M), text
+
+            code, text = await _tool(
+                "loadtest", production.group(1), "--compare", canary.group(1),
+                "--agents", "3", "--requests", "6",
+            )  # fmt: skip
+            # The demo's simulator draws faults at random: GO or NO-GO, but a verdict.
+            assert code in (0, 1), text
+            assert re.search(r"^verdict: (GO|NO-GO)$", text, re.M), text
+            assert "p95" in text, text
+
+            code, text = await _tool("evaluate", production.group(1))
+            assert code == 0, text
+            for kind in ("text", "code", "cjk", "tool"):
+                assert re.search(rf"^\s*{kind}", text, re.M | re.I), text
