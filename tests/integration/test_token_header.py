@@ -1,4 +1,5 @@
-"""X-Token-Input on every forwarded answer, through the real SDKs, against a real proxy.
+"""X-Token-Input on every answer to a request the proxy forwards (also its own 429, 502 or
+504 once forwarding began), through the real SDKs, against a real proxy.
 
 The upstream's own input count goes in when it is known before the headers; otherwise the
 proxy's count of the prompt, made while the upstream worked (X-Token-Input-Source says
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -271,3 +273,48 @@ async def test_counting_the_largest_body_leaves_the_event_loop_free() -> None:
     assert count_task.tokens is not None and count_task.tokens > size // 8
     assert len(gaps) > 20
     assert max(gaps) < 0.25, sorted(gaps)[-5:]
+
+
+# ------------------------------------------------- answers the proxy makes after forwarding
+
+
+async def test_the_upstreams_last_429_passed_on_carries_the_proxys_count(
+    start_proxy: StartProxy, upstream: SimUpstream
+) -> None:
+    proxy = await start_proxy(MAX_RETRIES="1", RETRY_BACKOFF_BASE="10ms")
+    upstream.script(Fault.status(429, retry_after=0.01), Fault.status(429, retry_after=0.01))
+    body = {"model": "glm-4.6", "max_tokens": 64, "messages": MESSAGES}
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(proxy.url + "/v1/messages", json=body)
+    assert response.status_code == 429 and len(upstream.records) == 2
+    assert response.headers["x-token-input"] == str(local_count(body))
+    assert response.headers["x-token-input-source"] == "estimate"
+
+
+async def test_the_limiters_own_429_carries_the_proxys_count(start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(
+        RATE_LIMIT_INITIAL="1", RATE_LIMIT_MIN="1", RATE_LIMIT_MAX="1", RATE_LIMIT_MAX_WAIT="0s"
+    )
+    body = {"model": "glm-4.5", "messages": MESSAGES}
+    async with httpx.AsyncClient(timeout=10) as client:
+        first = await client.post(proxy.url + "/v1/chat/completions", json=body)
+        refused = await client.post(proxy.url + "/v1/chat/completions", json=body)
+    assert first.status_code == 200
+    assert refused.status_code == 429 and "rate_limit" in refused.json()["error"]["type"]
+    assert refused.headers["x-token-input"] == str(local_count(body))
+    assert refused.headers["x-token-input-source"] == "estimate"
+
+
+async def test_an_unreachable_upstreams_502_carries_the_proxys_count(
+    start_proxy: StartProxy,
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    proxy = await start_proxy(ZAI_TARGET_URL=dead, MAX_RETRIES="0")
+    body = {"model": "glm-4.6", "max_tokens": 64, "messages": MESSAGES}
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(proxy.url + "/v1/messages", json=body)
+    assert response.status_code == 502
+    assert response.headers["x-token-input"] == str(local_count(body))
+    assert response.headers["x-token-input-source"] == "estimate"

@@ -35,7 +35,7 @@ from .accounting import Accountant
 from .body import ClientGone, declared_length, drain, extract_model, read_body
 from .exchange import Downstream, Exchange, Outcome, Receive, Scope, Send
 from .forward import Forwarder
-from .headers import http_date
+from .headers import http_date, token_input_headers
 from .limiter import AdaptiveLimiter
 from .limiter_loop import limiter_config
 from .metrics import LiveState, ModelLabels, ProxyMetrics, method_label
@@ -367,6 +367,7 @@ class ProxyApp:
         if downstream.started:
             return
         headers, body = error_answer(error, style, request_id)
+        headers += token_input_headers(outcome.token_input, outcome.token_input_source)
         outcome.response_bytes = len(body)
         await downstream.answer(error.status, headers, body)
 
@@ -375,6 +376,7 @@ class ProxyApp:
     ) -> None:
         fallback = max(self.limiter.retry_after(), self.settings.retry_backoff_base)
         headers, body = throttled_answer(error, request_id, fallback)
+        headers += token_input_headers(outcome.token_input, outcome.token_input_source)
         outcome.status = 429
         outcome.response_bytes = len(body)
         await downstream.answer(429, headers, body)

@@ -34,7 +34,13 @@ from ..errors import (
     UpstreamThrottled,
 )
 from .exchange import Downstream, Exchange, Outcome
-from .headers import header_value, parse_retry_after, request_headers, response_headers
+from .headers import (
+    header_value,
+    parse_retry_after,
+    request_headers,
+    response_headers,
+    token_input_headers,
+)
 from .metrics import ProxyMetrics
 from .rate_gate import RateGate
 from .sse import WholeEvents
@@ -125,6 +131,10 @@ class Forwarder:
                 # Raised from outside the nursery, so callers catch it as it is rather
                 # than inside an ExceptionGroup.
                 failure = exc
+                if isinstance(exc, ProxyError) and outcome.token_input_source is None:
+                    # The proxy answers this itself (its own 429, the upstream's last
+                    # 429, a 502 or 504): the count goes on that answer too.
+                    await self._token_input(exchange, outcome, None)
             # The answer is done: a count still running is abandoned, not waited for.
             nursery.cancel_scope.cancel()
         if failure is not None:
@@ -273,10 +283,7 @@ class Forwarder:
             return []
         outcome.token_input = tokens
         outcome.token_input_source = source
-        return [
-            (b"x-token-input", str(tokens).encode()),
-            (b"x-token-input-source", source.encode()),
-        ]
+        return token_input_headers(tokens, source)
 
     async def _relay_stream(
         self,

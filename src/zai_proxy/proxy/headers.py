@@ -59,6 +59,13 @@ OWN_HEADERS = frozenset({b"x-request-id", b"x-token-input", b"x-token-input-sour
 _DROP_DOWNSTREAM = HOP_BY_HOP | OWN_HEADERS | {b"content-length", b"content-encoding"}
 
 
+def token_input_headers(tokens: int | None, source: str | None) -> list[tuple[bytes, bytes]]:
+    """X-Token-Input and X-Token-Input-Source (which count it is); none when unknown."""
+    if tokens is None or source is None:
+        return []
+    return [(b"x-token-input", str(tokens).encode()), (b"x-token-input-source", source.encode())]
+
+
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     tokens: set[bytes] = set()
     for name, value in headers:
