@@ -15,6 +15,9 @@
   // compares canary with production over the last 10 minutes.
   var KEEP_S = 900;
   var COMPARE_S = 600;
+  // The lines are drawn as a moving mean over this many seconds (the smoothing toggle
+  // switches it off): see smoothColumn.
+  var SMOOTH_S = 30;
   // A colour family per variant (production blues, canary oranges), one shade per series
   // slot, per theme: every shade at least 4.5:1 against its theme's panel.
   var FAMILIES = {
@@ -50,6 +53,12 @@
     hidden: new Set(),
     thresholds: null,
     historyError: null,
+    // Lines drawn as SMOOTH_S means (the URL's smooth=raw switches it off).
+    smooth: true,
+    // [from, to] of each stretch without a row from any variant (the dashboard was down).
+    outages: [],
+    // Every limiter adjustment in the data: {ts, variant, kind, before, after}.
+    adjustments: [],
   };
 
   var dash = { state: state, panels: {}, totals: null, errors: {}, backfills: 0, status: null, statusPolls: 0 };
@@ -115,6 +124,7 @@
     if (THEMES.indexOf(t) >= 0) state.theme = t;
     else if (THEMES.indexOf(stored) >= 0) state.theme = stored;
     else if (window.matchMedia && window.matchMedia("(prefers-color-scheme: dark)").matches) state.theme = "dark";
+    state.smooth = q.get("smooth") !== "raw";
     var hide = q.get("hide");
     state.hidden = new Set(hide ? hide.split(",").filter(Boolean) : []);
   }
@@ -124,6 +134,7 @@
     q.set("variant", state.variant);
     q.set("range", state.range);
     q.set("theme", state.theme);
+    if (state.smooth) q.delete("smooth"); else q.set("smooth", "raw");
     if (state.hidden.size) q.set("hide", Array.from(state.hidden).sort().join(","));
     else q.delete("hide");
     window.history.replaceState(null, "", window.location.pathname + "?" + q.toString());
@@ -145,6 +156,9 @@
       b.setAttribute("aria-pressed", b.getAttribute("data-variant") === state.variant ? "true" : "false");
     }
     document.getElementById("range-select").value = state.range;
+    var smooth = document.getElementById("smooth-toggle");
+    smooth.setAttribute("aria-pressed", state.smooth ? "true" : "false");
+    smooth.textContent = state.smooth ? "Lines: " + SMOOTH_S + " s mean" : "Lines: raw samples";
   }
 
   function bindControls() {
@@ -163,6 +177,12 @@
       trimAll();
       renderAll();
       backfill();
+    });
+    document.getElementById("smooth-toggle").addEventListener("click", function () {
+      state.smooth = !state.smooth;
+      syncControls();
+      writeParams();
+      renderAll();
     });
     document.getElementById("theme-toggle").addEventListener("click", function () {
       state.theme = state.theme === "dark" ? "light" : "dark";
@@ -299,9 +319,9 @@
       axis: fmtMs,
       series: function () {
         return [
-          { label: "p50", get: field("latency_p50_ms"), fmt: fmtMs },
-          { label: "p95", get: field("latency_p95_ms"), fmt: fmtMs },
-          { label: "p99", get: field("latency_p99_ms"), fmt: fmtMs },
+          { label: "p50", get: field("latency_p50_ms"), fmt: fmtMs, weight: requestWeight },
+          { label: "p95", get: field("latency_p95_ms"), fmt: fmtMs, weight: requestWeight },
+          { label: "p99", get: field("latency_p99_ms"), fmt: fmtMs, weight: requestWeight },
         ];
       },
     },
@@ -333,7 +353,7 @@
       right: "rate",
       axis: fmtPct,
       series: function (rows) {
-        var out = [{ label: "error %", get: field("error_rate_pct"), fmt: fmtPct }];
+        var out = [{ label: "error %", get: field("error_rate_pct"), fmt: fmtPct, weight: requestWeight }];
         mapKeys("upstream_error_rates", rows).forEach(function (key) {
           out.push({ label: key + "/s", get: mapKey("upstream_error_rates", key), fmt: withUnit("/s"), scale: "rate" });
         });
@@ -374,6 +394,37 @@
     return Math.max(3 * state.scrapeInterval, 3 * (step || 0));
   }
 
+  // Each point of a smoothed line is the mean of the samples over the SMOOTH_S before it,
+  // weighted by the time each sample covers (or, for a share or a percentile, by the
+  // requests it saw): at a 3 % fault rate a 0.25-2 s sample holds a handful of requests,
+  // and one failure among them draws a 40-70 % spike.  The mean never reaches across a
+  // gap (a null resets it); rows coarser than the window are drawn as they are.
+  function smoothColumn(ts, ys, weights, breaks) {
+    var out = new Array(ys.length);
+    var lo = 0, sum = 0, wsum = 0;
+    var take = function (k, sign) {
+      if (ys[k] === null || ys[k] === undefined) return;
+      sum += sign * ys[k] * weights[k];
+      wsum += sign * weights[k];
+    };
+    for (var k = 0; k < ys.length; k++) {
+      if (breaks[k]) {
+        out[k] = null;
+        lo = k + 1; sum = 0; wsum = 0;
+        continue;
+      }
+      take(k, 1);
+      while (lo < k && ts[lo] <= ts[k] - SMOOTH_S) { take(lo, -1); lo++; }
+      // A sample without a value (no request finished in it) takes the mean of the others.
+      out[k] = wsum > 1e-9 ? sum / wsum : ys[k];
+    }
+    return out;
+  }
+
+  function coverWeight(s) { return s.interval_s > 0 ? s.interval_s : 1; }
+
+  function requestWeight(s) { return (s.req_rate || 0) * coverWeight(s); }
+
   // Rows of each selected variant, aligned on one x axis.  Where a variant has no row for
   // longer than gapLimit (the dashboard or its store was down), a row of nulls is put in,
   // so the line breaks there instead of running straight across the outage.  uPlot.join
@@ -386,21 +437,37 @@
     var tables = [];
     var series = [];
     var gaps = [];
+    var start = windowStart();
     variants.forEach(function (v) {
-      var rows = windowRows(v);
+      // Smoothing starts SMOOTH_S before the window, so its first points are means too.
+      var from = state.smooth ? start - SMOOTH_S : start;
+      var rows = (state.data[v] || []).filter(function (s) { return s.ts >= from; });
       var limit = gapLimit(rows);
       var ts = [];
       var cols = defs.map(function () { return []; });
+      var weights = defs.map(function () { return []; });
+      var breaks = [];
       rows.forEach(function (s, i) {
         if (i > 0 && s.ts - rows[i - 1].ts > limit) {
           var at = (s.ts + rows[i - 1].ts) / 2;
-          gaps.push({ variant: v, from: rows[i - 1].ts, to: s.ts });
+          if (rows[i - 1].ts >= start) gaps.push({ variant: v, from: rows[i - 1].ts, to: s.ts });
           ts.push(at);
           cols.forEach(function (c) { c.push(null); });
+          weights.forEach(function (c) { c.push(0); });
+          breaks.push(true);
         }
+        breaks.push(false);
         ts.push(s.ts);
-        defs.forEach(function (d, di) { cols[di].push(d.get(s)); });
+        defs.forEach(function (d, di) {
+          cols[di].push(d.get(s));
+          weights[di].push((d.weight || coverWeight)(s));
+        });
       });
+      if (state.smooth) cols = cols.map(function (c, di) { return smoothColumn(ts, c, weights[di], breaks); });
+      var first = 0;
+      while (first < ts.length && ts[first] < start) first++;
+      ts = ts.slice(first);
+      cols = cols.map(function (c) { return c.slice(first); });
       var shades = FAMILIES[state.theme][v] || FAMILIES[state.theme].production;
       defs.forEach(function (d, di) {
         series.push({
@@ -1409,6 +1476,7 @@
   }
 
   dash.format = { num: fmtNum, ms: fmtMs, pct: fmtPct };
+  dash.render = renderAll;
   dash.level = level;
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

@@ -1367,3 +1367,71 @@ def test_hostile_strings_render_as_text(open_page: Callable[[str], Page], stack:
     assert page.locator("#panel-errors .u-legend").inner_text().count(HOSTILE) == 1
     assert page.locator("img").count() == 0
     assert page.evaluate("() => window.__pwned") is None
+
+
+# ---------------------------------------------------------------- smoothing (issue 18)
+
+# The stream closed (no live rows), production's history replaced by four minutes of
+# 2 s samples whose error % alternates 0 / 60 and p95 7.5 s / 4.5 ms, then drawn.
+_SYNTHETIC_JS = """() => { const d = window.__dash;
+    d.state.source.close();
+    const now = Date.now() / 1000;
+    const rows = [];
+    for (let k = 120; k >= 0; k--) {
+        const odd = k % 2 === 1;
+        rows.push({ts: now - 2 * k, variant: 'production', interval_s: 2, stale: false,
+                   req_rate: 10, error_rate_pct: odd ? 60 : 0,
+                   latency_p95_ms: odd ? 7500 : 4.5, concurrent: 1, max_workers: 4});
+    }
+    d.state.data.production = rows;
+    d.render();
+    return rows[0].ts; }"""
+# The drawn error % line (points 30 s after the first sample) and the verdict's figures.
+_DRAWN_JS = """(first) => { const u = window.__dash.chart('errors');
+    const ys = u.data[1].filter((y, k) => u.data[0][k] >= first + 30 && y != null);
+    const fig = (m, w) => document.querySelector(
+        `#verdict-production .tile[data-metric=${m}] .fig[data-window="${w}"]`).textContent;
+    return {min: Math.min(...ys), max: Math.max(...ys), n: ys.length,
+            errors: fig('errors', '1m'), p95: fig('p95', '1m')}; }"""
+# One more raw sample, 2 s after the last: the 60 % / 7.5 s kind.
+_NEXT_SAMPLE_JS = """() => { const d = window.__dash; const rows = d.state.data.production;
+    const last = rows[rows.length - 1];
+    rows.push(Object.assign({}, last, {ts: last.ts + 2,
+        error_rate_pct: last.error_rate_pct ? 0 : 60,
+        latency_p95_ms: last.error_rate_pct ? 4.5 : 7500}));
+    d.render(); }"""
+
+
+def _figure(text: str) -> float:
+    match = re.fullmatch(r"(-?\d+(?:\.\d+)?)( ?(?:ms|s|%)) 1m", text)
+    assert match, text
+    return float(match[1]) * (1000 if match[2].strip() == "s" else 1)
+
+
+def test_lines_are_smoothed_and_the_verdict_does_not_jump_with_a_sample(
+    open_page: Callable[[str], Page],
+) -> None:
+    p = open_page("?variant=production&range=5m")
+    page = p.page
+    wait_for_data(page)
+    assert page.locator("#smooth-toggle").get_attribute("aria-pressed") == "true"
+    first = page.evaluate(_SYNTHETIC_JS)
+    smoothed = page.evaluate(_DRAWN_JS, first)
+    # A 30 s mean of samples alternating 0 / 60 % (equal requests) stays near 30 %.
+    assert smoothed["n"] >= 90
+    assert 25 <= smoothed["min"] <= smoothed["max"] <= 35, smoothed
+    # The verdict's 1 min figures move little with one more sample, where the raw
+    # samples jump 0 % <-> 60 % and 7.5 s <-> 4.5 ms.
+    page.evaluate(_NEXT_SAMPLE_JS)
+    after = page.evaluate(_DRAWN_JS, first)
+    assert abs(_figure(after["errors"]) - _figure(smoothed["errors"])) <= 5, (smoothed, after)
+    assert 25 <= _figure(after["errors"]) <= 35, after
+    p95 = _figure(smoothed["p95"]), _figure(after["p95"])
+    assert 2000 <= min(p95) and abs(p95[1] - p95[0]) <= 0.2 * p95[0], (smoothed, after)
+
+    # Raw samples on request, and the choice in the shared URL.
+    page.click("#smooth-toggle")
+    assert "smooth=raw" in page.url
+    raw = page.evaluate(_DRAWN_JS, first)
+    assert (raw["min"], raw["max"]) == (0, 60), raw
+    assert p.page_errors == [] and p.console_errors == []
