@@ -183,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import check_args, run_demo
 
             check_args(args)
-            configure("info")
+            # With a real key the demo proxies to the real API: its logs redact it too.
+            configure("info", secrets=[os.environ.get("ZAI_API_KEY", "").strip()])
             trio.run(partial(run_demo, args))
     except (SettingsError, BaseExceptionGroup) as raised:
         # Bare from parsing, or wrapped by a nursery (e.g. the dashboard's DB check).

@@ -190,3 +190,19 @@ def test_every_command_stops_with_one_line_naming_a_bad_log_format(
     assert cli.main(command) == 2
     err = capsys.readouterr().err
     assert err == "zai-proxy: LOG_FORMAT='xml' is not valid: expected one of auto, json, console\n"
+
+
+def test_the_demo_with_a_real_key_redacts_it_from_its_logs(
+    monkeypatch: pytest.MonkeyPatch, root_logging: logging.Logger
+) -> None:
+    # With ZAI_API_KEY set the demo proxies to the real API; whatever logs the key (a
+    # library's debug line, say) must print it redacted, as `serve` does.
+    monkeypatch.setenv("ZAI_API_KEY", "sk-demo-real-key")
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(cli.trio, "run", lambda *args, **kwargs: None)
+    assert cli.main(["demo", "--duration", "1"]) == 0
+    logging.getLogger("zai_proxy.test").warning("calling with sk-demo-real-key")
+    written = stream.getvalue()
+    assert "calling with" in written and "sk-demo-real-key" not in written
