@@ -643,7 +643,13 @@
         values: function (u, vals) { return vals.map(panel.rightFmt || fmtNum); },
       }));
     }
-    if (panel.build) opts.hooks.setCursor = [limiterTip];
+    var colors = { outage: cssVar("--outage") };
+    ADJUSTMENTS.forEach(function (a) { colors[a.kind] = cssVar(a.color); });
+    // Before uPlot's first draw, which the hooks below take part in.
+    opts.hooks.init = [function (u) { u.__colors = colors; u.__drawn = { outages: [], adjustments: [] }; }];
+    opts.hooks.drawClear = [drawOutages];
+    opts.hooks.draw = [drawAdjustments];
+    opts.hooks.setCursor = [adjustmentTip];
     var plot = new uPlot(opts, built.data, el);
     plot.over.addEventListener("dblclick", backToLive);
     return plot;
@@ -687,6 +693,8 @@
   // While live, the axis keeps running to now even when no data arrives (an outage).
   function followNow() {
     if (state.zoom) return;
+    // An outage going on now grows with the clock, not with data.
+    state.outages = computeOutages();
     var w = viewWindow();
     Object.keys(charts).forEach(function (id) { charts[id].plot.setScale("x", { min: w[0], max: w[1] }); });
   }
@@ -737,14 +745,12 @@
         // A zoom pauses the live view: the data stays as it was until "back to live".
         if (!state.zoom) {
           current.plot.__stats = stats;
-          current.plot.__notes = built.notes;
-          current.plot.setData(built.data);
+              current.plot.setData(built.data);
         }
       } else {
         if (current) current.plot.destroy();
         var plot = makeChart(panel, chartEl, built);
         plot.__stats = stats;
-        plot.__notes = built.notes;
         plot.setData(built.data);
         charts[panel.id] = { plot: plot, signature: signature };
       }
@@ -868,11 +874,11 @@
   var SHARE = { light: "#7c3aed", dark: "#c4b5fd" };
   var ADJUSTMENTS = [
     { kind: "increase", field: "rate_limit_adj_increase", color: "--ok",
-      reason: "no 429 for a while: rate raised" },
+      reason: "reason not recorded; an increase follows a window without 429s" },
     { kind: "decrease", field: "rate_limit_adj_decrease", color: "--bad",
-      reason: "429 from the upstream: rate cut" },
+      reason: "reason not recorded; a decrease follows 429s from the upstream" },
     { kind: "probe", field: "rate_limit_adj_probe", color: "--warn",
-      reason: "probing above the learned ceiling" },
+      reason: "reason not recorded; a probe tries a rate above the learned ceiling" },
   ];
 
   function num(v) { return typeof v === "number" && isFinite(v) ? v : null; }
@@ -880,17 +886,13 @@
   function buildLimiter() {
     var lists = { production: [], canary: [] };
     var ceilings = {};
-    var previousRate = {};
     var start = windowStart();
     Object.keys(lists).forEach(function (v) {
       (state.data[v] || []).forEach(function (s) {
         // The last known ceiling, carried from before the window too.
         if (num(s.rate_limit_ceiling) !== null) ceilings[v] = s.rate_limit_ceiling;
-        var rate = num(s.rate_limit_rps);
-        var before = previousRate[v];
-        if (rate !== null) previousRate[v] = rate;
         if (s.ts < start) return;
-        lists[v].push({ ts: s.ts, s: s, ceiling: ceilings[v] === undefined ? null : ceilings[v], before: before });
+        lists[v].push({ ts: s.ts, s: s, ceiling: ceilings[v] === undefined ? null : ceilings[v] });
       });
     });
     // The variants' rows of one scrape tick are a few milliseconds apart: pair the rows
@@ -919,16 +921,14 @@
     var limit = gapLimit(rows);
     var cols = { ts: [], prod: [], both: [], req: [], ceiling: [], share: [],
       increase: [], decrease: [], probe: [] };
-    var notes = [];
-    function push(ts, values, note) {
+    function push(ts, values) {
       cols.ts.push(ts);
       Object.keys(values).forEach(function (k) { cols[k].push(values[k]); });
-      notes.push(note);
     }
     var empty = { prod: null, both: null, req: null, ceiling: null, share: null,
       increase: null, decrease: null, probe: null };
     rows.forEach(function (row, i) {
-      if (i > 0 && row.ts - rows[i - 1].ts > limit) push((row.ts + rows[i - 1].ts) / 2, empty, null);
+      if (i > 0 && row.ts - rows[i - 1].ts > limit) push((row.ts + rows[i - 1].ts) / 2, empty);
       var p = row.v.production, c = row.v.canary;
       var pr = p ? num(p.s.rate_limit_rps) : null;
       var cr = c ? num(c.s.rate_limit_rps) : null;
@@ -949,17 +949,10 @@
         share: attempts > 0 ? 100 * r429 / attempts : null,
         increase: null, decrease: null, probe: null,
       };
-      var note = [];
       ADJUSTMENTS.forEach(function (a) {
-        [["production", p], ["canary", c]].forEach(function (pair) {
-          var x = pair[1];
-          if (!x || !(num(x.s[a.field]) > 0)) return;
-          values[a.kind] = allowed;
-          note.push(pair[0] + ": " + a.kind + " " + fmtNum(x.before) + " → " +
-            fmtNum(num(x.s.rate_limit_rps)) + " req/s (" + a.reason + ")");
-        });
+        [p, c].forEach(function (x) { if (x && num(x.s[a.field]) > 0) values[a.kind] = allowed; });
       });
-      push(row.ts, values, note.length ? note : null);
+      push(row.ts, values);
     });
     var fam = FAMILIES[state.theme];
     var rate = withUnit("req/s");
@@ -975,7 +968,6 @@
     });
     return {
       data: [cols.ts].concat(defs.map(function (d) { return cols[d.key]; })),
-      notes: notes,
       gaps: [],
       series: defs.map(function (d) {
         return {
@@ -992,14 +984,123 @@
     };
   }
 
-  // The adjustments under the pointer, in words, beside the limiter chart.
-  function limiterTip(u) {
-    var tip = panelEl("limiter").querySelector(".limiter-tip");
-    var notes = u.__notes || [];
-    var idx = u.cursor.idx;
-    var lines = idx === null || idx === undefined ? null : notes[idx];
-    tip.textContent = lines ? lines.join("; ") : "";
-    tip.hidden = !lines;
+  // ------------------------------------------------------------------ outages and adjustments
+
+  // Stretches without a row from any variant: the dashboard (or its store) was down, or
+  // every proxy was.  A stretch one variant alone lacks is only a gap in its lines.  The
+  // last one runs to now while nothing arrives.
+  function computeOutages() {
+    var all = [];
+    var limit = 0;
+    Object.keys(state.data).forEach(function (v) {
+      var rows = state.data[v] || [];
+      if (!rows.length) return;
+      limit = Math.max(limit, gapLimit(rows));
+      rows.forEach(function (s) { all.push(s.ts); });
+    });
+    all.sort(function (a, b) { return a - b; });
+    var out = [];
+    for (var i = 1; i < all.length; i++) if (all[i] - all[i - 1] > limit) out.push([all[i - 1], all[i]]);
+    var now = Date.now() / 1000;
+    // Twice the limit for the open end: a live row may be a render late.
+    if (all.length && now - all[all.length - 1] > 2 * limit) out.push([all[all.length - 1], now]);
+    return out;
+  }
+
+  // Every limiter adjustment in the data, with the rate before (the variant's previous
+  // row) and after.  The proxies count adjustments by direction only: there is no reason
+  // field to show, so the tooltip says what the direction means, and says it is inferred.
+  function computeAdjustments() {
+    var out = [];
+    Object.keys(state.data).forEach(function (v) {
+      var before = null;
+      (state.data[v] || []).forEach(function (s) {
+        var rate = num(s.rate_limit_rps);
+        ADJUSTMENTS.forEach(function (a) {
+          if (num(s[a.field]) > 0) out.push({ ts: s.ts, variant: v, kind: a.kind, before: before, after: rate });
+        });
+        if (rate !== null) before = rate;
+      });
+    });
+    return out.sort(function (a, b) { return a.ts - b.ts; });
+  }
+
+  function adjustmentKind(kind) {
+    return ADJUSTMENTS.filter(function (a) { return a.kind === kind; })[0];
+  }
+
+  function adjustmentText(a) {
+    return a.variant + ": " + a.kind + " " + fmtNum(a.before) + " → " + fmtNum(a.after) +
+      " req/s (" + adjustmentKind(a.kind).reason + ")";
+  }
+
+  // Drawn under the series (uPlot's drawClear hook): each outage a shaded band.
+  function drawOutages(u) {
+    var b = u.bbox;
+    var drawn = [];
+    u.ctx.save();
+    u.ctx.fillStyle = u.__colors.outage;
+    state.outages.forEach(function (o) {
+      var x0 = Math.max(b.left, u.valToPos(o[0], "x", true));
+      var x1 = Math.min(b.left + b.width, u.valToPos(o[1], "x", true));
+      if (x1 <= x0) return;
+      u.ctx.fillRect(x0, b.top, x1 - x0, b.height);
+      drawn.push(o);
+    });
+    u.ctx.restore();
+    u.__drawn.outages = drawn;
+  }
+
+  // Drawn over the series (uPlot's draw hook): each adjustment a thin line across the
+  // plot and a shape at its top, told apart by shape as well as colour: ▲ increase,
+  // ▼ decrease, ◆ probe.
+  function drawAdjustments(u) {
+    var b = u.bbox;
+    var ctx = u.ctx;
+    var r = 5 * uPlot.pxRatio;
+    var drawn = [];
+    ctx.save();
+    state.adjustments.forEach(function (a) {
+      var x = u.valToPos(a.ts, "x", true);
+      if (x < b.left || x > b.left + b.width) return;
+      var color = u.__colors[a.kind];
+      ctx.strokeStyle = color;
+      ctx.fillStyle = color;
+      ctx.lineWidth = uPlot.pxRatio;
+      ctx.setLineDash([4 * uPlot.pxRatio, 3 * uPlot.pxRatio]);
+      ctx.beginPath();
+      ctx.moveTo(x, b.top);
+      ctx.lineTo(x, b.top + b.height);
+      ctx.stroke();
+      ctx.setLineDash([]);
+      var y = b.top + r;
+      ctx.beginPath();
+      if (a.kind === "increase") {
+        ctx.moveTo(x, y - r); ctx.lineTo(x + r, y + r); ctx.lineTo(x - r, y + r);
+      } else if (a.kind === "decrease") {
+        ctx.moveTo(x - r, y - r); ctx.lineTo(x + r, y - r); ctx.lineTo(x, y + r);
+      } else {
+        ctx.moveTo(x, y - r); ctx.lineTo(x + r, y); ctx.lineTo(x, y + r); ctx.lineTo(x - r, y);
+      }
+      ctx.closePath();
+      ctx.fill();
+      drawn.push({ ts: a.ts, kind: a.kind, variant: a.variant, x: x / uPlot.pxRatio });
+    });
+    ctx.restore();
+    u.__drawn.adjustments = drawn;
+  }
+
+  // The adjustments within a few pixels of the pointer, in words, over the chart.  The
+  // crosshair is synced, so every chart shows them at once.
+  function adjustmentTip(u) {
+    var tip = u.root.parentNode.parentNode.querySelector(".adj-tip");
+    if (!tip) return;
+    var left = u.cursor.left;
+    var near = left === null || left === undefined || left < 0 ? [] : state.adjustments.filter(function (a) {
+      return Math.abs(u.valToPos(a.ts, "x") - left) <= 6;
+    });
+    tip.textContent = near.map(adjustmentText).join("; ");
+    tip.hidden = !near.length;
   }
 
   // ------------------------------------------------------------------ limiter and pods
@@ -1354,6 +1455,8 @@
 
   function renderAll() {
     renderQueued = false;
+    state.outages = computeOutages();
+    state.adjustments = computeAdjustments();
     PANELS.forEach(renderPanel);
     try { renderStatus(); } catch (err) { dash.errors.status = String(err); }
     try { renderVerdict(); renderRangeNote(); } catch (err) { dash.errors.verdict = String(err); }

@@ -898,6 +898,26 @@ _GAPS_JS = """([from, to]) => { const u = window.__dash.chart('requests');
     })); }"""
 
 
+# The share of canvas pixels down a column of the plot that hold the outage band's colour
+# (as the canvas stores it), in the middle of an outage and 2 s before it; and the bands
+# the chart drew.
+_SHADED_JS = """([id, from, to]) => { const u = window.__dash.chart(id);
+    const probe = document.createElement('canvas').getContext('2d');
+    probe.fillStyle = u.__colors.outage; probe.fillRect(0, 0, 1, 1);
+    const band = probe.getImageData(0, 0, 1, 1).data;
+    const top = Math.ceil(u.bbox.top), height = Math.floor(u.bbox.height);
+    const shaded = ts => {
+        const x = Math.round(u.valToPos(ts, 'x', true));
+        const px = u.ctx.getImageData(x, top, 1, height).data;
+        let n = 0;
+        for (let k = 0; k < px.length; k += 4)
+            if ([0, 1, 2, 3].every(c => Math.abs(px[k + c] - band[c]) <= 2)) n++;
+        return n / height;
+    };
+    return {inside: shaded((from + to) / 2), outside: shaded(from - 2),
+            drawn: u.__drawn.outages}; }"""
+
+
 def test_an_outage_is_drawn_as_a_gap(open_page: Callable[[str], Page], stack: Stack) -> None:
     p = open_page("?variant=production&range=5m")
     page = p.page
@@ -919,6 +939,22 @@ def test_an_outage_is_drawn_as_a_gap(open_page: Callable[[str], Page], stack: St
     # The line stops at the outage: every null lies inside a gap of the drawn path.
     for x in series["nulls"]:
         assert any(left <= x <= right for left, right in series["gaps"]), (x, series["gaps"])
+
+    # No row from either variant: an outage, shaded on every chart (it begins at the
+    # last row of either variant, up to a scrape after production's last).
+    outages = page.evaluate("() => window.__dash.state.outages")
+    [outage] = [o for o in outages if o[0] < gap["from"] + 0.5 and o[1] > gap["to"] - 0.5]
+    page.evaluate(
+        "([a, b]) => window.__dash.chart('requests').setScale('x', {min: a, max: b})",
+        [outage[0] - 4, outage[1] + 4],
+    )
+    for panel in PANELS:
+        shaded = page.evaluate(_SHADED_JS, [panel, *outage])
+        assert outage in shaded["drawn"], (panel, shaded)
+        # Canvas pixels down the band's middle have its colour (but where a grid line
+        # crosses); beside it, before the outage, none has.
+        assert shaded["inside"] > 0.9 and shaded["outside"] < 0.3, (panel, shaded)
+    page.click("#back-to-live")
     assert p.page_errors == []
 
 
@@ -1280,6 +1316,17 @@ def test_screenshot_set(browser: Any, stack: Stack, size: str) -> None:
 # ---------------------------------------------------------------- limiter headroom (issue 18)
 
 
+# The canvas pixel just under the top of an adjustment's ▼ (the triangle is 10 px wide
+# there), and the decrease colour as the canvas holds it.
+_MARKER_PIXEL_JS = """([id, ts]) => { const u = window.__dash.chart(id);
+    const x = Math.round(u.valToPos(ts, 'x', true)) + 2 * uPlot.pxRatio;
+    const y = Math.round(u.bbox.top + 2 * uPlot.pxRatio);
+    const c = document.createElement('canvas').getContext('2d');
+    c.fillStyle = u.__colors.decrease; c.fillRect(0, 0, 1, 1);
+    return {pixel: Array.from(u.ctx.getImageData(x, y, 1, 1).data),
+            color: Array.from(c.getImageData(0, 0, 1, 1).data)}; }"""
+
+
 def test_limiter_headroom_stacks_the_variants_keeps_the_ceiling_and_marks_adjustments(
     open_page: Callable[[str], Page], stack: Stack
 ) -> None:
@@ -1339,9 +1386,24 @@ def test_limiter_headroom_stacks_the_variants_keeps_the_ceiling_and_marks_adjust
         cut.ts,
     )
     page.mouse.move(box["x"], box["y"])
-    tip = page.locator("#panel-limiter .limiter-tip")
-    tip.wait_for(state="visible")
-    assert tip.inner_text() == "canary: decrease 10k → 5 req/s (429 from the upstream: rate cut)"
+    # Every chart marks it, and the synced crosshair shows its words on every chart.
+    words = (
+        "canary: decrease 10k → 5 req/s"
+        " (reason not recorded; a decrease follows 429s from the upstream)"
+    )
+    for panel in PANELS:
+        tip = page.locator(f"#panel-{panel} .adj-tip")
+        tip.wait_for(state="visible")
+        assert tip.inner_text() == words, panel
+        drawn = page.evaluate("(id) => window.__dash.chart(id).__drawn.adjustments", panel)
+        assert [(a["ts"], a["kind"], a["variant"]) for a in drawn] == [
+            (cut.ts, "decrease", "canary")
+        ], panel
+        # The ▼ at the top of the plot is painted in the decrease colour.
+        marker = page.evaluate(_MARKER_PIXEL_JS, [panel, cut.ts])
+        assert marker["pixel"] == marker["color"], (panel, marker)
+    page.mouse.move(box["x"] + 200, box["y"])
+    page.locator("#panel-requests .adj-tip").wait_for(state="hidden")
     page.click("#back-to-live")
     assert p.page_errors == [] and p.console_errors == []
 
