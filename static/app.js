@@ -572,7 +572,7 @@
     var axis = { stroke: text, grid: { stroke: grid }, ticks: { stroke: grid } };
     var opts = {
       width: Math.max(200, el.clientWidth),
-      height: 240,
+      height: chartHeight(),
       cursor: {
         drag: { x: true, y: false },
         // One crosshair across the panels; a legend click toggles only its own chart.
@@ -1469,13 +1469,22 @@
     window.requestAnimationFrame(renderAll);
   }
 
+  // A phone gets lower charts: six panels of two variants must stay a short scroll.
+  var PHONE = "(max-width: 600px)";
+
+  function chartHeight() {
+    return window.matchMedia && window.matchMedia(PHONE).matches ? 140 : 240;
+  }
+
   function resizeCharts() {
     // Deferred, and only on a width change, so resizing never feeds back into the observer.
     window.requestAnimationFrame(function () {
       Object.keys(charts).forEach(function (id) {
         var el = panelEl(id).querySelector(".chart");
         var width = Math.max(200, el.clientWidth);
-        if (width !== charts[id].plot.width) charts[id].plot.setSize({ width: width, height: 240 });
+        var height = chartHeight();
+        var plot = charts[id].plot;
+        if (width !== plot.width || height !== plot.height) plot.setSize({ width: width, height: height });
       });
     });
   }
@@ -1573,6 +1582,8 @@
       followNow();
     }, 1000);
     document.getElementById("back-to-live").addEventListener("click", backToLive);
+    // On a phone the limiter's pods table starts folded: one tap away, not a screen long.
+    if (window.matchMedia && window.matchMedia(PHONE).matches) document.getElementById("limiter-details").open = false;
     renderStatus();
     loadConfig();
     connect();

@@ -1259,7 +1259,9 @@ _HEIGHTS_JS = """(ids) => ids.map(id => {
 })"""
 
 
-def test_phone_layout_no_legend_is_taller_than_its_chart(browser: Any, stack: Stack) -> None:
+def test_phone_layout_is_compact_and_no_legend_is_taller_than_its_chart(
+    browser: Any, stack: Stack
+) -> None:
     context = browser.new_context(
         viewport={"width": 390, "height": 844}, is_mobile=True, device_scale_factor=2
     )
@@ -1272,6 +1274,13 @@ def test_phone_layout_no_legend_is_taller_than_its_chart(browser: Any, stack: St
             assert 0 < legend <= chart, (panel, legend, chart)
         # Nothing wider than the phone: no sideways scrolling.
         assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+        # Both variants in six panels, at most about three phone screens long (it was
+        # 3,500 px): lower charts, short scrolling legends, the pods table folded.
+        height = page.evaluate("() => document.documentElement.scrollHeight")
+        assert height <= 2400, height
+        assert page.evaluate("() => document.querySelector('#limiter-details').open") is False
+        page.click("#limiter-details summary")
+        page.wait_for_selector("#pods-canary:visible")
     finally:
         context.close()
 
