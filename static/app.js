@@ -1260,7 +1260,7 @@
       var pods = state.targets.filter(function (t) { return t && t.variant === v; });
       var up = pods.filter(function (t) { return t.up; }).length;
       var health = document.createElement("span");
-      health.className = "metric scrape " + (pods.length && up === pods.length ? "ok" : "bad");
+      health.className = "metric scrape " + scrapeLevel(up, pods.length);
       health.setAttribute("data-metric", "scrape");
       health.textContent = pods.length ? up + "/" + pods.length + " scraped" : "no target";
       item.appendChild(health);
@@ -1275,6 +1275,13 @@
     renderScrapeHealth();
   }
 
+  // Every target up is fine; some down is a warning (the others still serve and are
+  // seen); none up, or none known, is bad.
+  function scrapeLevel(up, total) {
+    if (!total || !up) return "bad";
+    return up === total ? "ok" : "warn";
+  }
+
   // The proxies' health as the dashboard's scrapes see it (/api/status), beside the
   // browser's own link to the dashboard.
   function renderScrapeHealth() {
@@ -1284,7 +1291,7 @@
     el.setAttribute("data-up", String(up));
     el.setAttribute("data-total", String(total));
     var known = dash.statusPolls > 0 && state.conn === "connected";
-    el.setAttribute("data-state", !known ? "unknown" : total && up === total ? "ok" : "bad");
+    el.setAttribute("data-state", !known ? "unknown" : scrapeLevel(up, total));
     el.textContent = !known ? "unknown" : up + " of " + total + " targets up";
   }
 

@@ -226,6 +226,7 @@ class PodsStack(ServerThread):
     def __init__(self, tmp: Path) -> None:
         super().__init__(tmp)
         self.pods = FakePods()
+        self.resolver = Resolver("127.0.0.1", "127.0.0.2")
         self._stop = trio.Event()
 
     async def _setup(self, nursery: trio.Nursery) -> None:
@@ -239,13 +240,17 @@ class PodsStack(ServerThread):
             db_path=str(self.tmp / "dashboard.db"),
             dns_refresh_scrapes=1,
         )
-        resolver = Resolver("127.0.0.1", "127.0.0.2")
         self.dashboard = await nursery.start(
-            partial(serve_dashboard, settings, self._stop, resolve=resolver)
+            partial(serve_dashboard, settings, self._stop, resolve=self.resolver)
         )
 
     def _teardown(self) -> None:
         self._stop.set()
+
+    async def resolve_to(self, *addresses: str) -> None:
+        """The dns+ target's name resolves to `addresses` from the next scrape on."""
+        self.resolver.addresses = list(addresses)
+        await trio.lowlevel.checkpoint()
 
     async def redis_down_on(self, address: str, local_rate: float) -> None:
         """The pod at `address` loses Redis and runs a local bucket of `local_rate`."""
@@ -815,6 +820,39 @@ def test_pods_on_a_shared_limiter_show_it_once_and_flag_a_pod_without_redis(
     assert p.page_errors == [] and p.console_errors == []
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.locator("#panel-limiter").screenshot(path=str(SCREENSHOTS / "limiter-pods.png"))
+
+
+def test_a_target_down_shows_in_the_status_bar_in_the_warning_colour(
+    open_pods_page: Callable[[str], Page], pods_stack: PodsStack
+) -> None:
+    p = open_pods_page("?variant=production&range=5m")
+    page = p.page
+    wait_for_text(page, "#scrape-health", "2 of 2 targets up")
+    # The name now resolves to a pod that is gone: nothing listens on 127.0.0.3.
+    pods_stack.call(pods_stack.resolve_to, "127.0.0.1", "127.0.0.3")
+    try:
+        wait_for_text(page, "#scrape-health", "1 of 2 targets up")
+        health = page.locator("#scrape-health")
+        assert health.get_attribute("data-state") == "warn"
+        colours = page.evaluate(
+            """() => { const probe = document.createElement('span');
+                document.body.appendChild(probe); probe.style.color = 'var(--warn)';
+                const warn = getComputedStyle(probe).color; probe.remove();
+                return [getComputedStyle(document.querySelector('#scrape-health')).color, warn];
+            }"""
+        )
+        assert colours[0] == colours[1], colours
+        scraped = page.locator("#status-production .scrape")
+        assert scraped.inner_text() == "1/2 scraped"
+        assert "warn" in (scraped.get_attribute("class") or "")
+        down = f"http://127.0.0.3:{pods_stack.pods.port}/metrics"
+        rows = pod_rows(page, "production")
+        assert rows[down]["cells"][:2] == [f"127.0.0.3:{pods_stack.pods.port}", "down"], rows
+    finally:
+        pods_stack.call(pods_stack.resolve_to, "127.0.0.1", "127.0.0.2")
+    wait_for_text(page, "#scrape-health", "2 of 2 targets up")
+    assert page.locator("#scrape-health").get_attribute("data-state") == "ok"
+    assert p.page_errors == [] and p.console_errors == []
 
 
 # ---------------------------------------------------------------- honest time (issue 18)
